@@ -1,0 +1,153 @@
+"""Row softmax with a scale and an optional causal mask, one row per program.
+
+``softmax(scale·x)`` over the last dimension of a contiguous [..., n_cols] tensor, viewed as
+rows × n_cols. Unfused, torch reads x to scale it, writes it, reads it back for the max, the sum
+and the division. Here each program owns one row, so the minimum traffic is
+
+    reads rows·n_cols elements, writes rows·n_cols elements
+
+(a causal mask skips reading the masked part). Math is float32, in base 2: ``exp(s·x - m)`` is
+``exp2(s·log2(e)·x - m')``, one multiply and one MUFU ex2 per element.
+
+Two paths:
+
+* one block (n_cols ≤ MAX_ONE_BLOCK_COLS): the row sits in registers; one read, one write.
+* looped (longer rows): pass 1 streams the row in blocks keeping a running max m and a running
+  sum s (rescaled by exp2(m_old - m_new) when the max grows, the "online softmax"); pass 2
+  re-reads each block and writes exp2(x - m) / s. The re-read usually hits L2 (a 32768-column
+  bf16 row is 64 KiB), so DRAM traffic stays close to the minimum.
+
+With ``causal``, x holds attention scores [..., q_len, kv_len] and element (i, j) is masked when
+j > i + (kv_len - q_len): the mask is aligned to the bottom-right corner, as in decoding where the
+q_len new queries are the last ones. A row with no visible column (q_len > kv_len) gives zeros.
+"""
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # Triton runs kernels on the CPU
+MAX_ONE_BLOCK_COLS = 16384  # longer rows take the looped path
+LOOP_BLOCK_COLS = 4096  # columns per step of the looped path
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LOG2E = math.log2(math.e)
+
+
+@triton.jit
+def _visible_cols(row, n_cols, q_len, causal_offset, CAUSAL: tl.constexpr):
+    """Columns 0 .. n_visible-1 of this row are not masked (row i of q_len sees j <= i + offset)."""
+    if CAUSAL:
+        return tl.minimum(tl.maximum(row % q_len + causal_offset + 1, 0), n_cols)
+    return n_cols
+
+
+@triton.jit
+def _round_up_16(n):
+    """n rounded up to a multiple of 16, so that a mask `cols < n` keeps 16-byte vector loads."""
+    return tl.multiple_of((n + 15) // 16 * 16, 16)
+
+
+@triton.jit
+def _softmax_one_block_kernel(X, Y, n_cols, q_len, causal_offset, scale_log2e,
+                              BLOCK: tl.constexpr, CAUSAL: tl.constexpr):
+    row = tl.program_id(0)
+    offset = row.to(tl.int64) * n_cols
+    cols = tl.arange(0, BLOCK)
+    in_row = cols < n_cols
+    n_visible = _visible_cols(row, n_cols, q_len, causal_offset, CAUSAL)
+    # read n_cols elements (causal: the visible ones, in whole 16-element vectors)
+    x = tl.load(X + offset + cols, mask=in_row & (cols < _round_up_16(n_visible)), other=0.0)
+    z = tl.where(cols < n_visible, x.to(tl.float32) * scale_log2e, float("-inf"))
+    m = tl.max(z, axis=0)
+    m = tl.where(m == float("-inf"), 0.0, m)  # a row that is fully masked: every exp2 is 0
+    e = tl.exp2(z - m)
+    s = tl.sum(e, axis=0)
+    inv_s = 1.0 / tl.where(s > 0.0, s, 1.0)  # s = 0: every e is 0 already
+    # write n_cols elements
+    tl.store(Y + offset + cols, (e * inv_s).to(Y.dtype.element_ty), mask=in_row)
+
+
+@triton.jit
+def _softmax_looped_kernel(X, Y, n_cols, q_len, causal_offset, scale_log2e,
+                           BLOCK: tl.constexpr, CAUSAL: tl.constexpr):
+    row = tl.program_id(0)
+    offset = row.to(tl.int64) * n_cols
+    X += offset
+    Y += offset
+    cols = tl.arange(0, BLOCK)
+    n_visible = _visible_cols(row, n_cols, q_len, causal_offset, CAUSAL)
+    n_read = tl.minimum(_round_up_16(n_visible), n_cols)
+    # pass 1: running max m and running sum s of exp2(z - m), reading the visible columns once
+    m = tl.full((), float("-inf"), tl.float32)
+    s = tl.full((), 0.0, tl.float32)
+    for start in tl.range(0, n_visible, BLOCK):
+        c = start + cols
+        x = tl.load(X + c, mask=c < n_read, other=0.0)
+        z = tl.where(c < n_visible, x.to(tl.float32) * scale_log2e, float("-inf"))
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # only -inf seen so far
+        s = s * tl.exp2(m - m_safe) + tl.sum(tl.exp2(z - m_safe), axis=0)
+        m = m_new
+    m = tl.where(m == float("-inf"), 0.0, m)
+    inv_s = 1.0 / tl.where(s > 0.0, s, 1.0)  # s = 0: every e is 0 already
+    # pass 2: re-read (from L2, mostly) and write every column; masked blocks are written, not read
+    for start in tl.range(0, n_cols, BLOCK):
+        c = start + cols
+        x = tl.load(X + c, mask=c < n_read, other=0.0)
+        z = tl.where(c < n_visible, x.to(tl.float32) * scale_log2e, float("-inf"))
+        tl.store(Y + c, (tl.exp2(z - m) * inv_s).to(Y.dtype.element_ty), mask=c < n_cols)
+
+
+def _num_warps(block: int) -> int:
+    """About 32 columns per thread: 8 warps for 8192 columns, 16 from 16384."""
+    return min(max(block // 1024, 4), 16)
+
+
+def softmax(x: torch.Tensor, scale: float = 1.0, causal: bool = False, *,
+            block_size: int | None = None) -> torch.Tensor:
+    """Return softmax(scale·x) over the last dimension, in x's dtype (fp16, bf16 or fp32).
+
+    causal: x is [..., q_len, kv_len] and (i, j) is masked when j > i + kv_len - q_len.
+    block_size: columns per block (a power of two); smaller than the row forces the looped path.
+    """
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"x must be float16, bfloat16 or float32, got {x.dtype}")
+    if x.ndim < (2 if causal else 1):
+        raise ValueError(f"x must be [..., {'q_len, ' if causal else ''}n_cols], got shape {tuple(x.shape)}")
+    if not x.is_contiguous():
+        raise ValueError("x must be contiguous (call .contiguous() first)")
+    if not x.is_cuda and not INTERPRET:
+        raise ValueError(f"x is on {x.device}: the kernel needs a CUDA device (or TRITON_INTERPRET=1)")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    if block_size is not None and (block_size < 16 or block_size & (block_size - 1)):
+        raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
+    y = torch.empty_like(x)
+    if x.numel() == 0:
+        return y
+    n_cols = x.shape[-1]
+    n_rows = x.numel() // n_cols
+    q_len = x.shape[-2] if causal else 1
+    causal_offset = n_cols - q_len
+    whole_row = triton.next_power_of_2(n_cols)
+    block = block_size or (whole_row if whole_row <= MAX_ONE_BLOCK_COLS else LOOP_BLOCK_COLS)
+    kernel = _softmax_one_block_kernel if block >= n_cols else _softmax_looped_kernel
+    block = min(block, whole_row)
+    kernel[(n_rows,)](x, y, n_cols, q_len, causal_offset, scale * LOG2E,
+                      BLOCK=block, CAUSAL=causal, num_warps=_num_warps(block))
+    return y
+
+
+def softmax_reference(x: torch.Tensor, scale: float = 1.0, causal: bool = False) -> torch.Tensor:
+    """Plain PyTorch softmax(scale·x) in float32 (float64 for float64 input); fully masked rows give 0."""
+    x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32) * scale
+    if causal:
+        q_len, kv_len = x.shape[-2:]
+        i = torch.arange(q_len, device=x.device)[:, None]
+        j = torch.arange(kv_len, device=x.device)[None, :]
+        masked = j > i + (kv_len - q_len)
+        return torch.softmax(x.masked_fill(masked, float("-inf")), dim=-1).masked_fill(masked, 0.0)
+    return torch.softmax(x, dim=-1)

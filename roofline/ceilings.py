@@ -1,0 +1,189 @@
+"""Measured ceilings ("the honest roof"), cached per device.
+
+Datasheet peaks are marketing numbers; these are what the device really does:
+- DRAM bandwidth: copy (bytes read + written), read-only (a sum) and write-only (a fill) on buffers far
+  larger than L2; L2 bandwidth: a copy whose source and destination both fit in L2.
+- Tensor-core FLOP/s per dtype: the best over a small search of GEMM shapes (the MAMF-finder method), since
+  one shape can miss the library's best tile; fp8 through torch._scaled_mm on Hopper.
+- CUDA-core fp32 FLOP/s: an fp32 GEMM with TF32 off (FFMA on the CUDA cores).
+- CPU: the same copy/read/write bandwidths and fp32/bf16 GEMM FLOP/s, so the CPU roofline is measured too.
+
+The cache key is the device name, driver and max clocks; a corrupt cache file is re-measured with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from roofline.device import DeviceInfo
+from roofline.timing import Timer, sample_until_stable
+
+CACHE_VERSION = 1
+GPU_GEMM_SHAPES = ((8192, 8192, 8192), (4096, 4096, 4096), (6144, 6144, 6144), (8192, 8192, 4096),
+                   (16384, 8192, 8192), (4096, 16384, 4096))
+CPU_GEMM_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (1536, 4096, 1536))
+
+
+@dataclass
+class Ceilings:
+    """Measured roofs of one device. peak_flops keys match DeviceInfo.peak_flops ('tensor.bf16', ...)."""
+
+    device: str
+    key: str
+    peak_flops: dict[str, float] = field(default_factory=dict)
+    memory_bandwidth: float = 0.0  # the copy bandwidth: the roof used for memory-bound ops
+    read_bandwidth: float = 0.0
+    write_bandwidth: float = 0.0
+    l2_bandwidth: float = 0.0
+    gemm_shapes: dict[str, dict[str, float]] = field(default_factory=dict)  # dtype -> "MxNxK" -> FLOP/s
+    wall_s: float = 0.0
+    measured_at: str = ""
+    torch: str = torch.__version__
+    version: int = CACHE_VERSION
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def cache_key(info: DeviceInfo) -> str:
+    """Name + driver + max clocks (+ threads on CPU): a new driver or clock setting invalidates the cache."""
+    parts = [info.name, info.driver, str(info.max_sm_clock_mhz), str(info.max_mem_clock_mhz),
+             str(info.cpu_threads)]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("ROOFLINE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "roofline")
+    return Path(base) / "ceilings"
+
+
+def cache_path(info: DeviceInfo) -> Path:
+    return cache_dir() / f"{info.slug}-{cache_key(info)}.json"
+
+
+def load_cached(info: DeviceInfo, warn: Callable[[str], None] = lambda m: None) -> Ceilings | None:
+    """The cached ceilings for this device, or None (missing, other key, or corrupt: with a warning)."""
+    path = cache_path(info)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        ceilings = Ceilings(**data)
+        if ceilings.key != cache_key(info) or ceilings.version != CACHE_VERSION or not ceilings.peak_flops:
+            raise ValueError("stale entry")
+        return ceilings
+    except (ValueError, TypeError) as exc:
+        warn(f"ceilings cache {path} is unreadable ({exc}); measuring again")
+        return None
+
+
+def save(ceilings: Ceilings, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ceilings.to_dict(), indent=2))
+    tmp.replace(path)
+
+
+def get_ceilings(info: DeviceInfo, force: bool = False, quick: bool = False,
+                 warn: Callable[[str], None] = lambda m: None) -> tuple[Ceilings, bool]:
+    """(ceilings, from_cache): the cached ceilings, else measure and cache them."""
+    if not force:
+        cached = load_cached(info, warn)
+        if cached is not None:
+            return cached, True
+    ceilings = calibrate(info, quick=quick)
+    save(ceilings, cache_path(info))
+    return ceilings, False
+
+
+def calibrate(info: DeviceInfo, quick: bool = False) -> Ceilings:
+    """Measure every roof of this device (a few seconds on a GPU; `quick` trims the GEMM search)."""
+    t0 = time.perf_counter()
+    timer = Timer(info.torch_device)
+    c = Ceilings(device=info.name, key=cache_key(info), measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    if info.kind == "cuda":
+        _gpu_bandwidths(c, info, timer)
+        shapes = GPU_GEMM_SHAPES[:2] if quick else GPU_GEMM_SHAPES
+        for dtype in gpu_gemm_dtypes(info):
+            c.gemm_shapes[dtype] = {f"{m}x{n}x{k}": _gemm_rate(timer, info, dtype, m, n, k) for m, n, k in shapes}
+    else:
+        _cpu_bandwidths(c, timer)
+        for dtype in ("fp32", "bf16"):
+            c.gemm_shapes[dtype] = {f"{m}x{n}x{k}": _gemm_rate(timer, info, dtype, m, n, k)
+                                    for m, n, k in CPU_GEMM_SHAPES}
+    for dtype, rates in c.gemm_shapes.items():
+        best = max(rates.values())
+        if dtype == "fp32":
+            c.peak_flops["vector.fp32"] = best
+        else:
+            c.peak_flops[f"tensor.{dtype}"] = best
+    c.wall_s = time.perf_counter() - t0
+    return c
+
+
+def gpu_gemm_dtypes(info: DeviceInfo) -> list[str]:
+    dtypes = ["fp32", "tf32", "bf16", "fp16"]
+    major, minor = (int(x) for x in (info.compute_capability or "0.0").split("."))
+    if (major, minor) >= (8, 9) and hasattr(torch, "_scaled_mm"):
+        dtypes.append("fp8")
+    return dtypes
+
+
+def _rate(timer: Timer, fn: Callable[[], object], work: float, budget_s: float = 0.3) -> float:
+    """work / median time of fn (after a warm-up call)."""
+    _, first = timer.first_call(fn)
+    timer.warm_up(fn, first)
+    stats = sample_until_stable(lambda k: timer.run_batch(fn, k, flush=False), budget_s, min_samples=5)
+    return work / stats.median_s
+
+
+def _gpu_bandwidths(c: Ceilings, info: DeviceInfo, timer: Timer) -> None:
+    n = 1 << 30  # 1 GiB buffers: 20× an H100's L2
+    src = torch.empty(n // 4, dtype=torch.float32, device=info.torch_device).normal_()
+    dst = torch.empty_like(src)
+    c.memory_bandwidth = _rate(timer, lambda: dst.copy_(src), 2 * n)
+    c.read_bandwidth = _rate(timer, lambda: src.sum(), n)
+    c.write_bandwidth = _rate(timer, lambda: dst.fill_(1.0), n)
+    del src, dst
+    small = max(info.l2_bytes // 4, 1 << 20)  # source + destination use half of L2
+    a = torch.empty(small // 4, dtype=torch.float32, device=info.torch_device).normal_()
+    b = torch.empty_like(a)
+    c.l2_bandwidth = _rate(timer, lambda: b.copy_(a), 2 * small)
+
+
+def _cpu_bandwidths(c: Ceilings, timer: Timer) -> None:
+    n = 256 << 20
+    src = torch.randn(n // 4)
+    dst = torch.empty_like(src)
+    c.memory_bandwidth = _rate(timer, lambda: dst.copy_(src), 2 * n, budget_s=0.5)
+    c.read_bandwidth = _rate(timer, lambda: src.sum(), n, budget_s=0.5)
+    c.write_bandwidth = _rate(timer, lambda: dst.fill_(1.0), n, budget_s=0.5)
+
+
+def _gemm_rate(timer: Timer, info: DeviceInfo, dtype: str, m: int, n: int, k: int) -> float:
+    device = info.torch_device
+    work = 2.0 * m * n * k
+    if dtype == "fp8":
+        a = torch.randn(m, k, device=device).to(torch.float8_e4m3fn)
+        b = torch.randn(n, k, device=device).to(torch.float8_e4m3fn)
+        one = torch.ones((), device=device)
+        return _rate(timer, lambda: torch._scaled_mm(a, b.t(), one, one, out_dtype=torch.bfloat16), work)
+    torch_dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
+                   "fp16": torch.float16}[dtype]
+    a = torch.randn(m, k, device=device, dtype=torch_dtype)
+    b = torch.randn(k, n, device=device, dtype=torch_dtype)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    try:
+        return _rate(timer, lambda: a @ b, work, budget_s=0.3 if device.type == "cuda" else 0.6)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous

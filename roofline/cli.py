@@ -1,0 +1,308 @@
+"""The `roofline` command: thin typer layer — parse options, call one function, render, map errors to exit codes.
+
+Data goes to stdout (the table, or --json/--csv with '-'); progress and warnings to stderr. Exit codes:
+0 ok, 1 regression (compare), 2 bad input (one line, no traceback), 3 could not run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+
+from roofline import __version__
+from roofline.errors import EXIT_BAD_INPUT, CannotRun, RooflineError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Where a Transformer block spends its time on a GPU, and why.")
+stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 220)
+_argv: list[str] = []  # the command line, recorded in results.json
+stderr = Console(stderr=True)
+
+
+def warn(message: str) -> None:
+    stderr.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def info(message: str) -> None:
+    stderr.print(message, highlight=False, style="dim")
+
+
+def _version(value: bool) -> None:
+    if value:
+        stdout.print(f"roofline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Where a Transformer block spends its time on a GPU, and why."""
+
+
+def _csv_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".roofline-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RooflineError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def default_out_dir(device_slug: str, config: object) -> Path:
+    c = config
+    name = f"{device_slug}-{c.name}-s{c.seq_len}"  # type: ignore[attr-defined]
+    if c.mode == "decode":  # type: ignore[attr-defined]
+        name = f"{device_slug}-{c.name}-decode-b{c.batch}-kv{c.kv_cache_len}"  # type: ignore[attr-defined]
+    return Path("reports") / name
+
+
+@app.command()
+def profile(
+    model: Annotated[str, typer.Option(help="Model preset in configs/models, or a .toml path.")] = "gpt-7b",
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence (prefill).")] = 2048,
+    batch: Annotated[int, typer.Option(help="Sequences per batch.")] = 1,
+    dtype: Annotated[str | None, typer.Option(help="fp32|tf32|bf16|fp16 (default bf16 on GPU, fp32 on CPU).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: the GPU if any).")] = None,
+    mode: Annotated[str, typer.Option(help="prefill or decode.")] = "prefill",
+    kv_len: Annotated[int | None, typer.Option("--kv-len", help="KV-cache length (decode).")] = None,
+    causal: Annotated[bool | None, typer.Option("--causal/--no-causal", help="Causal attention mask.")] = None,
+    ops: Annotated[str | None, typer.Option(help="Only these ops, comma-separated (see `roofline ops`).")] = None,
+    variants: Annotated[str | None, typer.Option(help="Only these variants, comma-separated.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default reports/<device>-<model>-s<N>).")] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Also write results JSON here ('-' = stdout).")] = None,
+    csv_out: Annotated[str | None, typer.Option("--csv", help="Also write results CSV here ('-' = stdout).")] = None,
+    budget: Annotated[float | None, typer.Option(help="Timing budget per variant, seconds.")] = None,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Measure this device's roofs first.")] = False,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write roofline.png/.svg and report.html.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
+) -> None:
+    """Profile every op of one Transformer block on this device and place it on the roofline."""
+    from roofline import ceilings, measure, results
+    from roofline import device as devices
+    from roofline.config import make_config
+    from roofline.ops import plan
+    from roofline.table import print_results
+
+    t_start = time.perf_counter()
+    dev = devices.detect(device)
+    for w in dev.warnings:
+        warn(w)
+    config = make_config(model, seq_len=seq_len, batch=batch, dtype=dtype or ("bf16" if dev.kind == "cuda" else "fp32"),
+                         mode=mode, kv_cache_len=kv_len, causal=causal)
+    items = plan(config, _csv_list(ops), _csv_list(variants))
+    if not items:
+        raise RooflineError("nothing to measure: --ops/--variants selected no (op, variant) of this model")
+    out_dir = _writable_dir(out or default_out_dir(dev.slug, config))
+
+    measured = None
+    if calibrate or dev.kind == "cpu":
+        measured, cached = ceilings.get_ceilings(dev, force=calibrate, quick=not calibrate, warn=warn)
+        info(f"{'Using cached' if cached else 'Measured'} roofs of {dev.name}")
+    else:
+        measured = ceilings.load_cached(dev, warn)
+        if measured:
+            info(f"Using measured roofs of {dev.name} cached by `roofline calibrate`")
+        else:
+            info("Using datasheet roofs (run `roofline calibrate` once for measured ones)")
+    roofs = measure.Roofs(dev.peak_flops, dev.memory_bandwidth,
+                          measured.peak_flops if measured else {}, measured.memory_bandwidth if measured else 0.0)
+    settings = measure.Settings.for_device(dev, budget)
+    run = measure.run_metadata(config, dev, roofs, settings, _argv,
+                               measured.to_dict() if measured else None)
+    res = results.Results(run=run)
+
+    def on_row(row: results.Row) -> None:
+        res.rows.append(row)
+        results.save(res, out_dir)
+
+    _run_with_progress(items, config, dev, roofs, settings, on_row, measure.run_plan)
+    res.run["wall_s"] = time.perf_counter() - t_start
+    results.save(res, out_dir)
+    _report_run(res, out_dir, json_out, csv_out, plots)
+    info(f"Wrote {out_dir}/results.json and results.csv in {res.run['wall_s']:.1f} s")
+    if not res.ok_rows():
+        raise CannotRun(f"no op could be measured on {dev.name} (see the notes in {out_dir}/results.json)")
+
+
+def _run_with_progress(items, config, dev, roofs, settings, on_row, run_plan) -> None:  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("[bold]{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=stderr, transient=False)
+    with progress:
+        task = progress.add_task("profiling", total=len(items))
+
+        def on_start(op, variant) -> None:  # type: ignore[no-untyped-def]
+            progress.update(task, description=f"{op.name} · {variant.name}")
+
+        def on_row_progress(row) -> None:  # type: ignore[no-untyped-def]
+            on_row(row)
+            progress.advance(task)
+            if row.status == "failed":
+                progress.console.print(f"[red]failed[/] {row.op} · {row.variant}: {row.note}", highlight=False)
+            if row.throttle:
+                progress.console.print(f"[yellow]throttled[/] during {row.op} · {row.variant}: {row.throttle}")
+
+        run_plan(items, config, dev, roofs, settings, on_start=on_start, on_row=on_row_progress)
+        progress.update(task, description="done")
+
+
+def _report_run(res, out_dir: Path, json_out: str | None, csv_out: str | None, plots: bool) -> None:  # type: ignore[no-untyped-def]
+    from roofline import results
+    from roofline.table import print_results
+
+    wrote_stdout = False
+    for target, text in ((json_out, results.to_json_text), (csv_out, results.to_csv_text)):
+        if target == "-":
+            sys.stdout.write(text(res) + "\n")
+            wrote_stdout = True
+        elif target:
+            results.atomic_write(Path(target), text(res))
+    if not wrote_stdout:
+        print_results(res, stdout)
+    if plots:
+        _render_files(res, out_dir)
+
+
+def _render_files(res, out_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """Plots and the HTML report beside results.json, when those modules exist (a rendering error is a warning)."""
+    try:
+        from roofline import report
+    except ImportError:
+        return
+    try:
+        for path in report.render_all([res], out_dir):
+            info(f"Wrote {path}")
+    except Exception as exc:
+        warn(f"could not render plots/report: {type(exc).__name__}: {exc}")
+
+
+@app.command("ops")
+def list_ops(
+    model: Annotated[str, typer.Option(help="Model preset (decides e.g. GELU vs SwiGLU).")] = "gpt-7b",
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Sequence length for the example numbers.")] = 2048,
+    dtype: Annotated[str, typer.Option(help="Dtype for the example bytes.")] = "bf16",
+) -> None:
+    """The op catalog: every op, its FLOPs and bytes formulas, its variants, with numbers for one shape."""
+    from rich.table import Table
+
+    from roofline import fmt
+    from roofline.config import make_config
+    from roofline.ops import ops_for
+
+    c = make_config(model, seq_len=seq_len, dtype=dtype)
+    t = Table(title=f"Op catalog · {c.name} · seq {c.seq_len} · {c.dtype}", header_style="bold", show_lines=True)
+    for col in ("op", "unit", "FLOPs", "min bytes", "AI", "variants", "formulas"):
+        t.add_column(col, overflow="fold")
+    for op in ops_for(c):
+        variants = ", ".join(v.name + (" ⚡" if v.fused else "") for v in op.variants)
+        formulas = f"{op.doc}\nFLOPs = {op.flops_formula}\nbytes = {op.bytes_formula}"
+        if op.replaces:
+            formulas += f"\nreplaces: {' → '.join(n for n in op.replaces)}"
+        t.add_row(op.name + (f" ×{op.per_block}" if op.per_block > 1 else ""), op.unit, fmt.flops(op.flops(c)),
+                  fmt.nbytes(op.min_bytes(c)), fmt.intensity(op.flops(c) / op.min_bytes(c)), variants, formulas)
+    stdout.print(t)
+
+
+@app.command()
+def devices(device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None) -> None:
+    """What was detected: name, SMs, memory, clocks, datasheet peaks and measured roofs side by side."""
+    from rich.table import Table
+
+    from roofline import ceilings, fmt
+    from roofline import device as devices_mod
+
+    dev = devices_mod.detect(device)
+    facts = Table(title=dev.name, show_header=False, title_style="bold")
+    facts.add_column("field", style="bold")
+    facts.add_column("value")
+    for key, value in dev.to_dict().items():
+        if key not in ("peak_flops", "warnings") and value not in ("", 0, 0.0, None):
+            facts.add_row(key, fmt.bandwidth(value) if "bandwidth" in key else str(value))
+    stdout.print(facts)
+    measured = ceilings.load_cached(dev, warn)
+    roofs = Table(title="Roofs", header_style="bold")
+    for col in ("roof", "datasheet", "measured", "measured / datasheet"):
+        roofs.add_column(col, justify="left" if col == "roof" else "right")
+    keys = sorted(set(dev.peak_flops) | set(measured.peak_flops if measured else {}))
+    for key in keys:
+        ds, me = dev.peak_flops.get(key), (measured.peak_flops.get(key) if measured else None)
+        roofs.add_row(key, fmt.flops_rate(ds), fmt.flops_rate(me), fmt.pct(100 * me / ds) if ds and me else "–")
+    me_bw = measured.memory_bandwidth if measured else None
+    roofs.add_row("memory (copy)", fmt.bandwidth(dev.memory_bandwidth or None), fmt.bandwidth(me_bw),
+                  fmt.pct(100 * me_bw / dev.memory_bandwidth) if me_bw and dev.memory_bandwidth else "–")
+    stdout.print(roofs)
+    if not measured:
+        info("No measured roofs cached for this device: run `roofline calibrate`.")
+    for w in dev.warnings:
+        warn(w)
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Measure again even when cached.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write ceilings.json into this folder.")] = None,
+) -> None:
+    """Measure this device's roofs (bandwidths, GEMM FLOP/s per dtype) once; cached per device."""
+    from roofline import ceilings
+
+    dev = devices_detect(device)
+    t0 = time.perf_counter()
+    measured, cached = ceilings.get_ceilings(dev, force=force, warn=warn)
+    info(f"{'Cached' if cached else 'Measured'} roofs of {dev.name} in {time.perf_counter() - t0:.1f} s "
+         f"({ceilings.cache_path(dev)})")
+    if out:
+        ceilings.save(measured, _writable_dir(out) / "ceilings.json")
+    devices(device)
+
+
+def devices_detect(device: str | None):  # type: ignore[no-untyped-def]
+    from roofline import device as devices_mod
+
+    return devices_mod.detect(device)
+
+
+# Commands that live in their own modules register here (keep heavy imports inside the command functions).
+# --- command registry (one block per module) ---
+# --- end of command registry ---
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and turn every user-facing error into one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    _argv[:] = args
+    try:
+        app(args=args, prog_name="roofline", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        stderr.print("roofline: aborted")
+        return 130
+    except click.ClickException as exc:
+        stderr.print(f"roofline: error: {exc.format_message()}", highlight=False, markup=False)
+        return EXIT_BAD_INPUT
+    except RooflineError as exc:
+        stderr.print(f"roofline: error: {exc}", highlight=False, markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        stderr.print("roofline: interrupted (results measured so far are saved)")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

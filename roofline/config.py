@@ -1,0 +1,143 @@
+"""BlockConfig: the shape of the Transformer block being profiled, from a model preset plus CLI options.
+
+Model presets live in `configs/models/<name>.toml`; every CLI option overrides the preset. All shape maths
+used by the op catalog reads from here, so an op's FLOPs and bytes formulas only see named dimensions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from roofline.errors import RooflineError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+MODELS_DIR = CONFIGS_DIR / "models"
+DEFAULT_MODEL = "gpt-7b"
+
+DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+MODES = ("prefill", "decode")
+ACTIVATIONS = ("gelu", "swiglu")
+NORMS = ("layernorm", "rmsnorm")
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """One decoder block and the work given to it.
+
+    `q_len` is the number of new tokens per sequence (seq_len in prefill, 1 in decode) and `kv_len` the
+    number of keys each query attends to (seq_len in prefill, the KV-cache length in decode).
+    """
+
+    name: str = DEFAULT_MODEL
+    d_model: int = 4096
+    n_heads: int = 32
+    n_kv_heads: int = 32
+    head_dim: int = 128
+    ffn_dim: int = 16384
+    activation: str = "gelu"
+    norm: str = "layernorm"
+    dropout_p: float = 0.1
+    causal: bool = False
+    n_experts: int = 0
+    top_k: int = 0
+    batch: int = 1
+    seq_len: int = 2048
+    kv_cache_len: int = 0
+    dtype: str = "bf16"
+    mode: str = "prefill"
+    norm_eps: float = 1e-5
+
+    @property
+    def q_len(self) -> int:
+        return 1 if self.mode == "decode" else self.seq_len
+
+    @property
+    def kv_len(self) -> int:
+        return self.kv_cache_len if self.mode == "decode" else self.seq_len
+
+    @property
+    def tokens(self) -> int:
+        """Rows of every token-wise op: batch × new tokens."""
+        return self.batch * self.q_len
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def qkv_dim(self) -> int:
+        """Output width of the fused QKV projection: query heads plus two sets of KV heads."""
+        return (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+
+    @property
+    def attn_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    def replace(self, **changes: object) -> BlockConfig:
+        return validate(dataclasses.replace(self, **changes))
+
+
+def available_models() -> list[str]:
+    return sorted(p.stem for p in MODELS_DIR.glob("*.toml"))
+
+
+def load_model(name: str) -> dict[str, object]:
+    """Read `configs/models/<name>.toml` (or a path to a .toml file) into a dict of BlockConfig fields."""
+    path = Path(name) if name.endswith(".toml") else MODELS_DIR / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(available_models())
+        raise RooflineError(f"unknown model '{name}' (known: {known}, or a path to a .toml file)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RooflineError(f"cannot read model file {path}: {exc}") from exc
+    fields = {f.name for f in dataclasses.fields(BlockConfig)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise RooflineError(f"model file {path}: unknown keys {', '.join(unknown)}")
+    return data
+
+
+def make_config(model: str = DEFAULT_MODEL, **overrides: object) -> BlockConfig:
+    """A validated BlockConfig: the model preset, then every override that is not None."""
+    values = load_model(model)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = BlockConfig(**values)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise RooflineError(f"bad model config '{model}': {exc}") from exc
+    return validate(config)
+
+
+def validate(c: BlockConfig) -> BlockConfig:
+    """Reject impossible shapes with one clear line (exit code 2), before anything is allocated."""
+    positive = ("d_model", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "batch", "seq_len")
+    for field in positive:
+        value = getattr(c, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise RooflineError(f"{field.replace('_', '-')} must be a positive integer, got {value!r}")
+    if c.dtype not in DTYPE_BYTES:
+        raise RooflineError(f"unknown dtype '{c.dtype}' (choose from {', '.join(DTYPE_BYTES)})")
+    if c.mode not in MODES:
+        raise RooflineError(f"unknown mode '{c.mode}' (choose from {', '.join(MODES)})")
+    if c.activation not in ACTIVATIONS:
+        raise RooflineError(f"unknown activation '{c.activation}' (choose from {', '.join(ACTIVATIONS)})")
+    if c.norm not in NORMS:
+        raise RooflineError(f"unknown norm '{c.norm}' (choose from {', '.join(NORMS)})")
+    if c.n_heads % c.n_kv_heads:
+        raise RooflineError(f"n_heads ({c.n_heads}) must be a multiple of n_kv_heads ({c.n_kv_heads})")
+    if not 0.0 <= c.dropout_p < 1.0:
+        raise RooflineError(f"dropout_p must be in [0, 1), got {c.dropout_p}")
+    if c.mode == "decode" and c.kv_cache_len <= 0:
+        raise RooflineError("decode mode needs --kv-len, the KV-cache length (a positive integer)")
+    if c.n_experts and not 0 < c.top_k <= c.n_experts:
+        raise RooflineError(f"top_k must be in 1..n_experts ({c.n_experts}), got {c.top_k}")
+    return c

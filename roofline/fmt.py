@@ -1,0 +1,55 @@
+"""Human units for tables, plots and reports: one place so every output reads the same."""
+
+from __future__ import annotations
+
+import math
+
+
+def _scaled(value: float | None, units: list[tuple[float, str]], digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    for scale, suffix in units:
+        if abs(value) >= scale:
+            return f"{value / scale:.{digits}g} {suffix}".rstrip()
+    scale, suffix = units[-1]
+    return f"{value / scale:.{digits}g} {suffix}".rstrip()
+
+
+def flops(value: float | None) -> str:
+    return _scaled(value, [(1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"), (1, "FLOP")])
+
+
+def flops_rate(value: float | None) -> str:
+    return _scaled(value, [(1e12, "TFLOP/s"), (1e9, "GFLOP/s"), (1e6, "MFLOP/s"), (1, "FLOP/s")])
+
+
+def nbytes(value: float | None) -> str:
+    return _scaled(value, [(1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "B")])
+
+
+def bandwidth(value: float | None) -> str:
+    return _scaled(value, [(1e12, "TB/s"), (1e9, "GB/s"), (1e6, "MB/s"), (1, "B/s")])
+
+
+def seconds(value: float | None) -> str:
+    return _scaled(value, [(1, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")])
+
+
+def intensity(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:.3g}"
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.0f} %"
+
+
+def ratio(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.2f}×"
+
+
+def si(value: float | None, unit: str = "") -> str:
+    """Compact SI form for dense tables: 1.10 T, 269 M (unit appended, e.g. 'B')."""
+    return _scaled(value, [(1e15, "P" + unit), (1e12, "T" + unit), (1e9, "G" + unit), (1e6, "M" + unit),
+                           (1e3, "k" + unit), (1, unit)])

@@ -1,0 +1,104 @@
+"""Fusion before/after: an unfused chain of ops vs each fused variant that replaces it.
+
+Groups come from the catalog: an op with `replaces` (attention replaces qk_t → softmax → attn_v) or with a
+fused variant of its own (our Triton softmax vs PyTorch's). Before = the chain's summed time, model bytes and
+peak memory (the chain run end to end where a naive/eager variant measured it, else the largest of
+the chain's ops), each chain op at its first (baseline) variant; after = each fused variant's row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from roofline.ops import CATALOG, Op
+from roofline.results import Results, Row
+
+
+@dataclass(frozen=True)
+class FusionGroup:
+    name: str
+    chain: tuple[str, ...]  # op names, each at its baseline (first) variant
+    fused_op: str  # the op whose fused variants replace the chain
+
+
+@dataclass
+class FusionResult:
+    group: str
+    fused_variant: str
+    chain_time_s: float
+    fused_time_s: float
+    chain_bytes: float
+    fused_bytes: float
+    chain_peak_mem: int | None
+    fused_peak_mem: int | None
+    chain_ops: list[str]
+    unfused_time_s: float | None = None  # the chain run end to end as one variant (naive / eager), if measured
+
+    @property
+    def speedup(self) -> float:
+        return self.chain_time_s / self.fused_time_s
+
+    @property
+    def bytes_saved(self) -> float:
+        return self.chain_bytes - self.fused_bytes
+
+    @property
+    def mem_saved(self) -> int | None:
+        if self.chain_peak_mem is None or self.fused_peak_mem is None:
+            return None
+        return self.chain_peak_mem - self.fused_peak_mem
+
+
+def groups(catalog: tuple[Op, ...] = CATALOG) -> list[FusionGroup]:
+    found = []
+    for op in catalog:
+        if op.replaces:
+            found.append(FusionGroup(op.name, op.replaces, op.name))
+        elif any(v.fused for v in op.variants):
+            found.append(FusionGroup(op.name, (op.name,), op.name))
+    return found
+
+
+def _baseline(results: Results, op: str) -> Row | None:
+    candidates = [r for r in results.rows if r.op == op]
+    if not candidates:
+        return None
+    first = candidates[0]
+    return first if first.status == "ok" and not first.fused else None
+
+
+def summarize(results: Results) -> list[FusionResult]:
+    """One FusionResult per (group, fused variant measured ok) whose whole chain was measured ok."""
+    out = []
+    present = {r.op for r in results.rows}
+    for g in groups():
+        chain_names = [name for name in g.chain if name in present]
+        chain = [_baseline(results, name) for name in chain_names]
+        if not chain or any(r is None for r in chain):
+            continue
+        chain_rows = [r for r in chain if r is not None]
+        mems = [r.peak_mem_bytes for r in chain_rows]
+        unfused = _baseline(results, g.fused_op) if g.chain != (g.fused_op,) else None
+        chain_mem = unfused.peak_mem_bytes if unfused else (None if None in mems else max(mems))  # type: ignore
+        for fused in (r for r in results.ok_rows() if r.op == g.fused_op and r.fused):
+            out.append(FusionResult(
+                group=g.name, fused_variant=fused.variant,
+                chain_time_s=sum(r.time_median_s or 0.0 for r in chain_rows),
+                fused_time_s=fused.time_median_s or float("nan"),
+                chain_bytes=sum(r.min_bytes for r in chain_rows), fused_bytes=fused.min_bytes,
+                chain_peak_mem=chain_mem, fused_peak_mem=fused.peak_mem_bytes,
+                chain_ops=[r.op for r in chain_rows],
+                unfused_time_s=unfused.time_median_s if unfused else None,
+            ))
+    return out
+
+
+def block_time_split(results: Results) -> dict[str, float]:
+    """Seconds per block in compute- vs memory-bound ops, unfused block (baseline variant of each plain op)."""
+    split = {"compute": 0.0, "memory": 0.0}
+    fused_ops = {g.fused_op for g in groups() if g.chain != (g.fused_op,)}
+    for op in {r.op for r in results.rows} - fused_ops:
+        row = _baseline(results, op)
+        if row and row.bound in split:
+            split[row.bound] += (row.time_median_s or 0.0) * row.per_block
+    return split

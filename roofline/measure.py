@@ -1,0 +1,226 @@
+"""Measure each planned (op, variant): predict memory, build fresh inputs, check against the reference, time.
+
+Order of work for one variant, and why:
+1. requires / memory prediction — skip with a note before allocating anything that cannot fit;
+2. fresh random inputs (a new seed per variant) and the first call — compile/autotune time recorded apart;
+3. correctness on a random sample of output rows against the float64 reference — a wrong variant is
+   reported failed and never timed;
+4. peak memory of one call beyond its inputs (CUDA allocator statistics);
+5. timing (timing.py), then clocks and throttle reasons from NVML.
+"""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from roofline import model
+from roofline.config import BlockConfig
+from roofline.device import DeviceInfo, free_memory_bytes, read_clocks
+from roofline.errors import Unsupported
+from roofline.ops.base import TOLERANCE, CheckFailed, Op, Variant, default_check
+from roofline.results import SCHEMA_VERSION, Row
+from roofline.timing import Timer
+
+CHECK_ROWS = 64
+
+
+@dataclass
+class Settings:
+    """How hard to measure. budget_s is per variant; timing stops earlier once the median is stable."""
+
+    budget_s: float = 0.5
+    min_samples: int = 5
+    seed: int = 0
+
+    @classmethod
+    def for_device(cls, info: DeviceInfo, budget_s: float | None = None) -> Settings:
+        if info.kind == "cuda":
+            return cls(budget_s=budget_s or 0.5, min_samples=10)
+        return cls(budget_s=budget_s or 1.0, min_samples=3)
+
+
+@dataclass
+class Roofs:
+    """The roofs the rows are placed against: measured where calibrated, datasheet otherwise."""
+
+    datasheet_flops: dict[str, float]
+    datasheet_bandwidth: float
+    measured_flops: dict[str, float]
+    measured_bandwidth: float
+
+    def peak(self, key: str) -> tuple[float, str]:
+        for flops, source in ((self.measured_flops, "measured"), (self.datasheet_flops, "datasheet")):
+            if key in flops:
+                return flops[key], source
+        fallback = self.measured_flops or self.datasheet_flops
+        best = max(fallback.values()) if fallback else float("nan")
+        return best, "nearest"
+
+    def bandwidth(self) -> tuple[float, str]:
+        if self.measured_bandwidth:
+            return self.measured_bandwidth, "measured"
+        return self.datasheet_bandwidth, "datasheet"
+
+
+def base_row(op: Op, variant: Variant, c: BlockConfig) -> Row:
+    flops, min_bytes = op.flops(c), op.min_bytes(c)
+    return Row(op=op.name, variant=variant.name, group=op.group, fused=variant.fused, unit=op.unit, model=c.name,
+               batch=c.batch, seq_len=c.seq_len, q_len=c.q_len, kv_len=c.kv_len, dtype=c.dtype, mode=c.mode,
+               per_block=op.per_block, flops=flops, min_bytes=min_bytes,
+               intensity=model.intensity(flops, min_bytes))
+
+
+def predicted_bytes(op: Op, variant: Variant, c: BlockConfig) -> int:
+    """Inputs + outputs + the variant's scratch, plus room for the float64 check (a generous 25 %)."""
+    return int(1.25 * (op.min_bytes(c) + variant.scratch_bytes(c)))
+
+
+def measure(op: Op, variant: Variant, c: BlockConfig, info: DeviceInfo, roofs: Roofs, timer: Timer,
+            settings: Settings, index: int = 0) -> Row:
+    """Measure one variant; never raises for the variant's own failures (they become the row's status)."""
+    row = base_row(op, variant, c)
+    reason = variant.requires(c, info.torch_device)
+    if reason is None and c.dtype == "fp8":
+        reason = "no fp8 path for this op yet"
+    if reason:
+        return _finish(row, "skipped", reason)
+    need, free = predicted_bytes(op, variant, c), free_memory_bytes(info)
+    if need > free:
+        return _finish(row, "skipped", f"would need {need / 1e9:.1f} GB, {free / 1e9:.1f} GB free")
+    try:
+        _measure_into(row, op, variant, c, info, roofs, timer, settings, index)
+    except Unsupported as exc:
+        _finish(row, "skipped", str(exc))
+    except torch.OutOfMemoryError:
+        _finish(row, "skipped", "out of memory on the device")
+    except CheckFailed as exc:
+        _finish(row, "failed", f"wrong result: {exc}")
+    except Exception as exc:  # a broken variant must not stop the run
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        _finish(row, "failed", f"{type(exc).__name__}: {first_line}")
+    finally:
+        gc.collect()
+        if info.kind == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def _finish(row: Row, status: str, note: str) -> Row:
+    row.status, row.note = status, note
+    return row
+
+
+def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: DeviceInfo, roofs: Roofs,
+                  timer: Timer, settings: Settings, index: int) -> None:
+    device = info.torch_device
+    gen = torch.Generator(device=device).manual_seed(settings.seed * 1000 + index)
+    inputs = op.make_inputs(c, device, gen)
+    fn = variant.build(c, inputs)
+    out, row.first_call_s = timer.first_call(fn)
+
+    rows_gen = torch.Generator().manual_seed(settings.seed * 1000 + index)
+    primary = out[0] if isinstance(out, tuple) else out
+    n_rows = primary.shape[-2]  # type: ignore[union-attr]
+    rows = torch.randperm(n_rows, generator=rows_gen)[:CHECK_ROWS].sort().values
+    check = op.check or (lambda cfg, i, o, r: default_check(op, cfg, i, o, r))
+    row.error, row.tolerance = check(c, inputs, out, rows), TOLERANCE[c.dtype]
+    if not row.error <= row.tolerance:
+        raise CheckFailed(f"relative error {row.error:.2e} > tolerance {row.tolerance:.0e}")
+    del out, primary
+
+    if info.kind == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        row.peak_mem_bytes = torch.cuda.max_memory_allocated(device) - base
+        del out
+
+    timer.warm_up(fn, row.first_call_s)
+    stats = timer.time(fn, settings.budget_s, settings.min_samples)
+    row.time_median_s, row.time_p20_s, row.time_p80_s = stats.median_s, stats.p20_s, stats.p80_s
+    row.samples, row.rel_err, row.stop_reason = stats.samples, stats.rel_err, stats.stop_reason
+    row.time_samples_s = stats.samples_s
+    clocks = read_clocks(info)
+    row.sm_clock_mhz, row.mem_clock_mhz = clocks.get("sm_clock_mhz"), clocks.get("mem_clock_mhz")  # type: ignore
+    row.throttle = str(clocks.get("throttle", ""))
+    place_row(row, roofs)
+
+
+def place_row(row: Row, roofs: Roofs) -> None:
+    """Fill the roofline columns of a timed row."""
+    row.ceiling = model.ceiling_key(row.unit, row.dtype)
+    peak, source = roofs.peak(row.ceiling)
+    bandwidth, bw_source = roofs.bandwidth()
+    row.ceiling_source = source if source == bw_source else f"{source} compute, {bw_source} memory"
+    point = model.place(row.flops, row.min_bytes, row.time_median_s or float("nan"), peak, bandwidth)
+    row.peak_flops_per_s, row.peak_bytes_per_s = peak, bandwidth
+    row.flops_per_s, row.bytes_per_s = point.achieved_flops, point.achieved_bytes
+    row.attainable_flops_per_s, row.bound = point.attainable_flops, point.bound
+    row.pct_of_roof, row.floor_s = point.pct_of_roof, point.floor_s
+
+
+def run_plan(items: list[tuple[Op, Variant]], c: BlockConfig, info: DeviceInfo, roofs: Roofs,
+             settings: Settings, on_start: Callable[[Op, Variant], None] = lambda o, v: None,
+             on_row: Callable[[Row], None] = lambda r: None) -> list[Row]:
+    """Measure every planned variant in order; on_row is called after each (the caller saves results)."""
+    timer = Timer(info.torch_device, info.l2_bytes)
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = c.dtype == "tf32"
+    torch.backends.cudnn.allow_tf32 = c.dtype == "tf32"
+    rows = []
+    try:
+        for index, (op, variant) in enumerate(items):
+            on_start(op, variant)
+            row = measure(op, variant, c, info, roofs, timer, settings, index)
+            rows.append(row)
+            on_row(row)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
+    return rows
+
+
+def git_commit() -> str:
+    """The commit of the roofline checkout that ran, with '-dirty' when it had local changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{sha}-dirty" if sha and dirty else sha
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def run_metadata(c: BlockConfig, info: DeviceInfo, roofs: Roofs, settings: Settings, argv: list[str],
+                 measured: dict[str, object] | None) -> dict[str, object]:
+    from roofline import __version__
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "roofline_version": __version__,
+        "git_commit": git_commit(),
+        "command": " ".join(["roofline", *argv]),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": sys.version.split()[0],
+        "device": info.to_dict(),
+        "clocks_at_start": read_clocks(info),
+        "config": {**asdict(c), "q_len": c.q_len, "kv_len": c.kv_len, "tokens": c.tokens},
+        "settings": asdict(settings),
+        "peaks": {
+            "datasheet": {"flops": roofs.datasheet_flops, "memory_bandwidth": roofs.datasheet_bandwidth,
+                          "source": info.datasheet_source or info.peaks_source},
+            "measured": measured,
+        },
+        "warnings": list(info.warnings),
+    }

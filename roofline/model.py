@@ -1,0 +1,62 @@
+"""The roofline maths, in one place.
+
+intensity  = FLOPs / min_bytes                       (FLOP per byte of compulsory DRAM traffic)
+attainable = min(peak FLOP/s of the op's unit, intensity × memory bandwidth)
+ridge      = peak / bandwidth: ops left of it are memory-bound, right of it compute-bound
+% of roof  = achieved FLOP/s / attainable FLOP/s  (for a memory-bound op: achieved bytes/s / bandwidth)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def ceiling_key(unit: str, dtype: str) -> str:
+    """Which compute roof applies: tensor cores at the op's dtype, or fp32 CUDA cores.
+
+    An fp32 matmul without TF32 runs on CUDA cores (FFMA), so it meets the vector roof; element-wise ops
+    compute in fp32 whatever their storage dtype.
+    """
+    if unit == "tensor" and dtype != "fp32":
+        return f"tensor.{dtype}"
+    return "vector.fp32"
+
+
+def intensity(flops: float, min_bytes: float) -> float:
+    return flops / min_bytes if min_bytes > 0 else float("inf")
+
+
+def ridge_point(peak_flops: float, bandwidth: float) -> float:
+    return peak_flops / bandwidth
+
+
+def attainable_flops(op_intensity: float, peak_flops: float, bandwidth: float) -> float:
+    return min(peak_flops, op_intensity * bandwidth)
+
+
+def bound(op_intensity: float, peak_flops: float, bandwidth: float) -> str:
+    return "compute" if op_intensity >= ridge_point(peak_flops, bandwidth) else "memory"
+
+
+@dataclass(frozen=True)
+class RooflinePoint:
+    """Where one measured op sits against the roof that applies to it."""
+
+    intensity: float
+    achieved_flops: float
+    achieved_bytes: float
+    attainable_flops: float
+    bound: str
+    pct_of_roof: float
+    floor_s: float  # the time the roof allows: max(FLOPs / peak, bytes / bandwidth)
+
+
+def place(flops: float, min_bytes: float, time_s: float, peak_flops: float, bandwidth: float) -> RooflinePoint:
+    ai = intensity(flops, min_bytes)
+    attain = attainable_flops(ai, peak_flops, bandwidth)
+    achieved = flops / time_s
+    return RooflinePoint(
+        intensity=ai, achieved_flops=achieved, achieved_bytes=min_bytes / time_s, attainable_flops=attain,
+        bound=bound(ai, peak_flops, bandwidth), pct_of_roof=100.0 * achieved / attain,
+        floor_s=max(flops / peak_flops, min_bytes / bandwidth),
+    )

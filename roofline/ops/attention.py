@@ -1,0 +1,242 @@
+"""Attention: the QKV projection, the naive chain Q·Kᵀ → softmax → ·V, the fused kernels, the output projection.
+
+The naive chain writes the [batch, heads, q_len, kv_len] score matrix to HBM twice (scores, then
+probabilities) and reads it twice: O(N²) memory and a memory-bound softmax in the middle of two matmuls.
+Fused attention (FlashAttention, cuDNN, our Triton kernel) keeps each tile of scores in SRAM: it reads Q, K,
+V and writes O once, O(N) memory, and the whole chain becomes one compute-bound op.
+
+Grouped-query attention (n_kv_heads < n_heads) is computed without repeating K and V: the query heads that
+share a KV head are stacked along the row dimension, so the matmuls see [b·kv_heads, group·q_len, head_dim].
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from roofline.config import BlockConfig
+from roofline.errors import Unsupported
+from roofline.ops.base import Inputs, Op, Variant, needs_cuda, needs_triton, rand, take_rows
+from roofline.ops.linear import linear_op
+
+
+def _scores_numel(c: BlockConfig) -> int:
+    return c.batch * c.n_heads * c.q_len * c.kv_len
+
+
+def _q_numel(c: BlockConfig) -> int:
+    return c.batch * c.n_heads * c.q_len * c.head_dim
+
+
+def _kv_numel(c: BlockConfig) -> int:
+    return c.batch * c.n_kv_heads * c.kv_len * c.head_dim
+
+
+def causal_pairs(c: BlockConfig) -> int:
+    """(query, key) pairs a causal query block attends to, bottom-right aligned: Σᵢ min(kv, i + kv − q + 1)."""
+    q, kv = c.q_len, c.kv_len
+    if not c.causal or q == 1:
+        return q * kv
+    return sum(min(kv, i + kv - q + 1) for i in range(q)) if q < 65536 else q * kv // 2
+
+
+def is_causal(c: BlockConfig) -> bool:
+    """One decode query sees the whole cache; only prefill with q_len = kv_len needs the mask."""
+    return c.causal and c.q_len > 1
+
+
+def causal_mask(c: BlockConfig, device: torch.device, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """True where query i must not see key j: j > i + (kv_len − q_len)."""
+    i = torch.arange(c.q_len, device=device) if rows is None else rows.to(device)
+    j = torch.arange(c.kv_len, device=device)
+    return j[None, :] > i[:, None] + (c.kv_len - c.q_len)
+
+
+def _grouped(t: torch.Tensor, c: BlockConfig) -> torch.Tensor:
+    """[b, heads, rows, x] → [b·kv_heads, group·rows, x] (a view): query heads that share one KV head."""
+    return t.reshape(c.batch * c.n_kv_heads, -1, t.shape[-1])
+
+
+def qk_t(q: torch.Tensor, k: torch.Tensor, c: BlockConfig) -> torch.Tensor:
+    """Scaled scores S = Q·Kᵀ/√d, [b, h, q_len, kv_len]; the scale rides in the GEMM's alpha."""
+    k3 = k.reshape(c.batch * c.n_kv_heads, c.kv_len, c.head_dim)
+    zero = torch.zeros((), dtype=q.dtype, device=q.device)
+    s = torch.baddbmm(zero, _grouped(q, c), k3.transpose(1, 2), beta=0.0, alpha=c.head_dim ** -0.5)
+    return s.view(c.batch, c.n_heads, c.q_len, c.kv_len)
+
+
+def attn_v(p: torch.Tensor, v: torch.Tensor, c: BlockConfig) -> torch.Tensor:
+    """O = P·V, [b, h, q_len, head_dim]."""
+    v3 = v.reshape(c.batch * c.n_kv_heads, c.kv_len, c.head_dim)
+    return torch.bmm(_grouped(p, c), v3).view(c.batch, c.n_heads, c.q_len, c.head_dim)
+
+
+def masked_softmax(s: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is not None:
+        s = s.masked_fill(mask, float("-inf"))
+    return torch.softmax(s, dim=-1)
+
+
+def _expand_kv(t: torch.Tensor, c: BlockConfig) -> torch.Tensor:
+    return t.double().repeat_interleave(c.n_heads // c.n_kv_heads, dim=1)
+
+
+def attention_reference(c: BlockConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        rows: torch.Tensor) -> torch.Tensor:
+    """softmax(Q·Kᵀ/√d + mask)·V in float64 for query rows `rows`."""
+    s = take_rows(q, rows) @ _expand_kv(k, c).transpose(-1, -2) * c.head_dim ** -0.5
+    if is_causal(c):
+        s = s.masked_fill(causal_mask(c, s.device, rows), float("-inf"))
+    return torch.softmax(s, dim=-1) @ _expand_kv(v, c)
+
+
+def _qkv_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+    return {"q": rand((c.batch, c.n_heads, c.q_len, c.head_dim), c, device, gen),
+            "k": rand((c.batch, c.n_kv_heads, c.kv_len, c.head_dim), c, device, gen),
+            "v": rand((c.batch, c.n_kv_heads, c.kv_len, c.head_dim), c, device, gen)}
+
+
+def _mask_input(c: BlockConfig, device: torch.device) -> Inputs:
+    return {"mask": causal_mask(c, device)} if is_causal(c) else {}
+
+
+QKV_PROJ = linear_op(
+    "qkv_proj", "attention", lambda c: c.d_model, lambda c: c.qkv_dim,
+    "The fused Q, K, V projection: x·W_qkvᵀ with (heads + 2·kv_heads)·head_dim outputs.",
+    "K = d_model, N = (heads + 2·kv_heads)·head_dim")
+
+QK_T = Op(
+    name="qk_t", group="attention", unit="tensor",
+    flops=lambda c: 2 * _scores_numel(c) * c.head_dim,
+    min_bytes=lambda c: (_q_numel(c) + _kv_numel(c) + _scores_numel(c)) * c.dtype_bytes,
+    make_inputs=lambda c, d, g: {k: v for k, v in _qkv_inputs(c, d, g).items() if k != "v"},
+    reference=lambda c, i, rows: take_rows(i["q"], rows) @ _expand_kv(i["k"], c).transpose(-1, -2)
+    * c.head_dim ** -0.5,
+    variants=(Variant("torch", lambda c, i: lambda: qk_t(i["q"], i["k"], c), doc="baddbmm, scale as alpha"),),
+    flops_formula="2·b·h·q·kv·head_dim  (the scale rides in the GEMM's alpha; a causal mask saves nothing here)",
+    bytes_formula="(b·h·q·hd + b·kv_h·kv·hd + b·h·q·kv)·bytes  (read Q, K; write the N×N scores)",
+    doc="Scaled attention scores S = Q·Kᵀ/√d: materialises the [b, h, q, kv] matrix.",
+)
+
+
+def _softmax_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+    return {"scores": rand((c.batch, c.n_heads, c.q_len, c.kv_len), c, device, gen), **_mask_input(c, device)}
+
+
+def _softmax_reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Tensor:
+    s = take_rows(i["scores"], rows)
+    if is_causal(c):
+        s = s.masked_fill(causal_mask(c, s.device, rows), float("-inf"))
+    return torch.softmax(s, dim=-1)
+
+
+def _triton_softmax(c: BlockConfig, i: Inputs):
+    from roofline.kernels.softmax import softmax
+
+    return lambda: softmax(i["scores"], 1.0, is_causal(c))
+
+
+SOFTMAX = Op(
+    name="softmax", group="attention", unit="vector",
+    flops=lambda c: 5 * _scores_numel(c),
+    min_bytes=lambda c: 2 * _scores_numel(c) * c.dtype_bytes,
+    make_inputs=_softmax_inputs,
+    reference=_softmax_reference,
+    variants=(
+        Variant("torch", lambda c, i: lambda: masked_softmax(i["scores"], i.get("mask"))),
+        Variant("triton", _triton_softmax, fused=True, requires=needs_triton, doc="kernels/softmax.py"),
+    ),
+    flops_formula="5·b·h·q·kv  (max, subtract, exp, sum, divide per element)",
+    bytes_formula="2·b·h·q·kv·bytes  (read the scores, write the probabilities; a causal mask is computed)",
+    doc="Row softmax of the scores (causal-masked when the model is causal).",
+)
+
+
+def _attn_v_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+    scores = rand((c.batch, c.n_heads, c.q_len, c.kv_len), c, device, gen)
+    v = rand((c.batch, c.n_kv_heads, c.kv_len, c.head_dim), c, device, gen)
+    return {"p": torch.softmax(scores, dim=-1), "v": v}
+
+
+ATTN_V = Op(
+    name="attn_v", group="attention", unit="tensor",
+    flops=lambda c: 2 * _scores_numel(c) * c.head_dim,
+    min_bytes=lambda c: (_scores_numel(c) + _kv_numel(c) + _q_numel(c)) * c.dtype_bytes,
+    make_inputs=_attn_v_inputs,
+    reference=lambda c, i, rows: take_rows(i["p"], rows) @ _expand_kv(i["v"], c),
+    variants=(Variant("torch", lambda c, i: lambda: attn_v(i["p"], i["v"], c), doc="bmm"),),
+    flops_formula="2·b·h·q·kv·head_dim",
+    bytes_formula="(b·h·q·kv + b·kv_h·kv·hd + b·h·q·hd)·bytes  (read P and V, write O)",
+    doc="O = P·V: reads the N×N probabilities back from HBM.",
+)
+
+
+def _naive(c: BlockConfig, i: Inputs):
+    q, k, v, mask = i["q"], i["k"], i["v"], causal_mask(c, i["q"].device) if is_causal(c) else None
+    return lambda: attn_v(masked_softmax(qk_t(q, k, c), mask), v, c)
+
+
+def _sdpa(backend_name: str):
+    """An SDPA backend forced with sdpa_kernel; 'No available kernel' becomes Unsupported (skipped)."""
+
+    def build(c: BlockConfig, i: Inputs):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = getattr(SDPBackend, backend_name)
+        q, k, v, causal = i["q"], i["k"], i["v"], is_causal(c)
+        gqa = {"enable_gqa": True} if c.n_kv_heads != c.n_heads else {}
+
+        def run() -> torch.Tensor:
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal, **gqa)
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                run()
+            except RuntimeError as exc:
+                if "No available kernel" not in str(exc) and "No viable backend" not in str(exc):
+                    raise
+                why = "; ".join(str(w.message).split("\n")[0] for w in caught[:2]) or str(exc)
+                raise Unsupported(f"SDPA {backend_name} not available here: {why}") from None
+        return run
+
+    return build
+
+
+def _triton_flash(c: BlockConfig, i: Inputs):
+    from roofline.kernels.flash_attention import flash_attention
+
+    return lambda: flash_attention(i["q"], i["k"], i["v"], causal=is_causal(c), scale=c.head_dim ** -0.5)
+
+
+ATTENTION = Op(
+    name="attention", group="attention", unit="tensor",
+    flops=lambda c: 4 * c.batch * c.n_heads * c.head_dim * causal_pairs(c),
+    min_bytes=lambda c: 2 * (_q_numel(c) + _kv_numel(c)) * c.dtype_bytes,
+    make_inputs=lambda c, d, g: _qkv_inputs(c, d, g),
+    reference=lambda c, i, rows: attention_reference(c, i["q"], i["k"], i["v"], rows),
+    variants=(
+        Variant("naive", _naive, scratch_bytes=lambda c: 2 * _scores_numel(c) * c.dtype_bytes,
+                doc="Q·Kᵀ → softmax → ·V in eager PyTorch, materialising N×N twice"),
+        Variant("sdpa_flash", _sdpa("FLASH_ATTENTION"), fused=True, doc="SDPA, FlashAttention-2 backend"),
+        Variant("sdpa_efficient", _sdpa("EFFICIENT_ATTENTION"), fused=True,
+                doc="SDPA, memory-efficient (xFormers) backend"),
+        Variant("sdpa_cudnn", _sdpa("CUDNN_ATTENTION"), fused=True, requires=needs_cuda,
+                doc="SDPA, cuDNN backend"),
+        Variant("triton", _triton_flash, fused=True, requires=needs_triton, doc="kernels/flash_attention.py"),
+    ),
+    replaces=("qk_t", "softmax", "attn_v"),
+    flops_formula="4·b·h·head_dim·pairs  (two matmuls; pairs = q·kv, or the unmasked half when causal)",
+    bytes_formula="2·(b·h·q·hd + b·kv_h·kv·hd)·bytes  (read Q, K, V; write O — never the N×N matrix)",
+    doc="The whole attention core, naive (unfused chain end to end) vs fused kernels.",
+)
+
+OUT_PROJ = linear_op(
+    "out_proj", "attention", lambda c: c.attn_dim, lambda c: c.d_model,
+    "The attention output projection: O·W_oᵀ back to d_model.", "K = heads·head_dim, N = d_model")
+
+OPS = (QKV_PROJ, QK_T, SOFTMAX, ATTN_V, ATTENTION, OUT_PROJ)
+

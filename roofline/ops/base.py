@@ -1,0 +1,153 @@
+"""Op and Variant: the one declaration of each op of the block, read by the profiler, plots, `roofline ops` and tests.
+
+An `Op` is a piece of math with one FLOPs formula, one minimum-bytes formula, one way to make inputs and one
+reference. A `Variant` is one implementation of it (PyTorch eager, an SDPA backend, torch.compile, a Triton
+kernel), handed to the timer as a zero-argument closure, tritonbench style.
+
+Conventions (the same everywhere):
+- FLOPs count the useful arithmetic of the math: a matmul is 2·M·N·K; element-wise ops count the operations
+  of their textbook formula (each op's docstring states it).
+- min_bytes is the compulsory DRAM traffic ("model bytes"): each input read once, each output written once.
+- Correctness: each op's reference is evaluated in float64 on a random sample of output rows (dim -2), so the
+  check runs at full size without a second full-size computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from roofline.config import BlockConfig
+
+Inputs = dict[str, torch.Tensor]
+Closure = Callable[[], object]
+
+TORCH_DTYPES = {
+    "fp32": torch.float32,
+    "tf32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp8": torch.float8_e4m3fn,
+}
+
+# Relative Frobenius error ‖out − ref‖ / ‖ref‖ allowed per dtype (reference in float64).
+TOLERANCE = {"fp32": 1e-4, "tf32": 5e-3, "bf16": 2e-2, "fp16": 5e-3, "fp8": 1e-1}
+
+
+class CheckFailed(Exception):
+    """A variant's output is wrong in a way a single error number does not say (e.g. dropout keep rate)."""
+
+
+def no_requirement(config: BlockConfig, device: torch.device) -> str | None:
+    return None
+
+
+def needs_cuda(config: BlockConfig, device: torch.device) -> str | None:
+    return None if device.type == "cuda" else "needs a CUDA GPU"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One implementation of an op.
+
+    build(config, inputs) returns the closure that is checked then timed. `requires` says why the variant
+    cannot run here (None when it can); a closure may also raise `Unsupported` on its first call.
+    scratch_bytes predicts memory the variant allocates beyond inputs and outputs (e.g. naive attention's N×N
+    scores), so an op that would not fit is skipped before anything is allocated.
+    """
+
+    name: str
+    build: Callable[[BlockConfig, Inputs], Closure]
+    fused: bool = False
+    requires: Callable[[BlockConfig, torch.device], str | None] = no_requirement
+    scratch_bytes: Callable[[BlockConfig], int] = lambda c: 0
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of the block, declared once.
+
+    unit: "tensor" (matmul, limited by tensor-core FLOP/s at the op's dtype) or "vector" (CUDA-core FLOP/s).
+    reference(config, inputs, rows) -> float64 reference of output rows `rows` (indices along dim -2).
+    check(config, inputs, output, rows) -> relative error; defaults to output rows vs the reference.
+    replaces: for a fused op, the op names of the chain it stands for (those that apply; see fusion.py).
+    per_block: how many times the op runs in one block (LayerNorm and residual add run twice).
+    """
+
+    name: str
+    group: str
+    unit: str
+    flops: Callable[[BlockConfig], int]
+    min_bytes: Callable[[BlockConfig], int]
+    make_inputs: Callable[[BlockConfig, torch.device, torch.Generator], Inputs]
+    reference: Callable[[BlockConfig, Inputs, torch.Tensor], torch.Tensor]
+    variants: tuple[Variant, ...]
+    flops_formula: str
+    bytes_formula: str
+    doc: str
+    check: Callable[[BlockConfig, Inputs, object, torch.Tensor], float] | None = None
+    applies: Callable[[BlockConfig], bool] = lambda c: True
+    replaces: tuple[str, ...] = ()
+    per_block: int = 1
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(f"op {self.name} has no variant {name}")
+
+
+def rand(shape: tuple[int, ...], config: BlockConfig, device: torch.device, gen: torch.Generator,
+         scale: float = 1.0) -> torch.Tensor:
+    """Fresh standard-normal data in the op's dtype (never zeros: they hide bugs and time faster)."""
+    dtype = TORCH_DTYPES[config.dtype]
+    make = torch.float32 if dtype == torch.float8_e4m3fn else dtype
+    x = torch.randn(shape, device=device, dtype=make, generator=gen)
+    if scale != 1.0:
+        x.mul_(scale)
+    return x.to(dtype)
+
+
+def take_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows `rows` along dim -2, as float64 on the CPU-or-GPU where `t` lives."""
+    return t.index_select(-2, rows.to(t.device)).double()
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64; NaN/inf anywhere gives inf (never passes)."""
+    out = out.double()
+    ref = ref.to(out.device).double()
+    if out.shape != ref.shape:
+        return float("inf")
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30))
+
+
+def default_check(op: Op, config: BlockConfig, inputs: Inputs, output: object, rows: torch.Tensor) -> float:
+    out = output[0] if isinstance(output, tuple) else output
+    assert isinstance(out, torch.Tensor)
+    return relative_error(take_rows(out, rows), op.reference(config, inputs, rows))
+
+
+def numel(*dims: int) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def needs_triton(config: BlockConfig, device: torch.device) -> str | None:
+    """Our Triton kernels run on CUDA GPUs (on CPU they are tested under TRITON_INTERPRET=1, not timed)."""
+    import importlib.util
+
+    if device.type != "cuda":
+        return "Triton kernels need a CUDA GPU"
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if config.dtype not in ("bf16", "fp16", "fp32"):
+        return f"our Triton kernels have no {config.dtype} path"
+    return None

@@ -1,0 +1,71 @@
+"""The feed-forward network: up projection, activation (GELU or SwiGLU), down projection.
+
+The two projections hold two thirds of the block's FLOPs at d_ffn = 4·d; the activation between them is a
+memory-bound element-wise pass over the widest activation of the block, [tokens, d_ffn].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from roofline.config import BlockConfig
+from roofline.ops.base import Inputs, Op, Variant, rand, take_rows
+from roofline.ops.linear import linear_op
+
+
+def up_width(c: BlockConfig) -> int:
+    """SwiGLU's up projection produces gate and up halves side by side: 2·d_ffn outputs."""
+    return 2 * c.ffn_dim if c.activation == "swiglu" else c.ffn_dim
+
+
+FFN_UP = linear_op(
+    "ffn_up", "ffn", lambda c: c.d_model, up_width,
+    "FFN up projection to d_ffn (gate and up together for SwiGLU).", "K = d_model, N = d_ffn (2·d_ffn for SwiGLU)")
+
+
+def _gelu_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+    return {"x": rand((c.tokens, c.ffn_dim), c, device, gen)}
+
+
+GELU = Op(
+    name="gelu", group="ffn", unit="vector",
+    flops=lambda c: 5 * c.tokens * c.ffn_dim,
+    min_bytes=lambda c: 2 * c.tokens * c.ffn_dim * c.dtype_bytes,
+    make_inputs=_gelu_inputs,
+    reference=lambda c, i, rows: F.gelu(take_rows(i["x"], rows)),
+    variants=(Variant("torch", lambda c, i: lambda: F.gelu(i["x"])),),
+    flops_formula="5·T·d_ffn  (x/√2, erf, +1, ×x, ×½ per element; erf counted as one)",
+    bytes_formula="2·T·d_ffn·bytes  (read, write)",
+    doc="Exact (erf) GELU between the two FFN projections.",
+    applies=lambda c: c.activation == "gelu",
+)
+
+
+def _swiglu_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+    return {"x": rand((c.tokens, 2 * c.ffn_dim), c, device, gen)}
+
+
+def swiglu(x: torch.Tensor) -> torch.Tensor:
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+SWIGLU = Op(
+    name="swiglu", group="ffn", unit="vector",
+    flops=lambda c: 6 * c.tokens * c.ffn_dim,
+    min_bytes=lambda c: 3 * c.tokens * c.ffn_dim * c.dtype_bytes,
+    make_inputs=_swiglu_inputs,
+    reference=lambda c, i, rows: swiglu(take_rows(i["x"], rows)),
+    variants=(Variant("torch", lambda c, i: lambda: swiglu(i["x"])),),
+    flops_formula="6·T·d_ffn  (silu: negate, exp, add, divide, multiply; then × up)",
+    bytes_formula="3·T·d_ffn·bytes  (read gate and up, write the product)",
+    doc="SwiGLU: silu(gate) · up (Llama-style FFN).",
+    applies=lambda c: c.activation == "swiglu",
+)
+
+FFN_DOWN = linear_op(
+    "ffn_down", "ffn", lambda c: c.ffn_dim, lambda c: c.d_model,
+    "FFN down projection back to d_model.", "K = d_ffn, N = d_model")
+
+OPS = (FFN_UP, GELU, SWIGLU, FFN_DOWN)

@@ -1,0 +1,206 @@
+"""Memory-bound token-wise ops: LayerNorm, RMSNorm, dropout, residual add, and their fusion.
+
+Each reads a [tokens, d_model] activation once and writes one back: a handful of FLOPs per element against
+2–6 bytes moved, so they sit far left on the roofline and their time is bytes / bandwidth.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from roofline.config import BlockConfig
+from roofline.ops.base import (
+    CheckFailed,
+    Inputs,
+    Op,
+    Variant,
+    needs_cuda,
+    needs_triton,
+    rand,
+    relative_error,
+    take_rows,
+)
+
+
+def _act(c: BlockConfig) -> int:
+    return c.tokens * c.d_model
+
+
+def _x_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+    return {"x": rand((c.tokens, c.d_model), c, device, gen)}
+
+
+def _norm_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+    return {
+        "x": rand((c.tokens, c.d_model), c, device, gen),
+        "weight": rand((c.d_model,), c, device, gen, scale=0.5).add_(1.0),
+        "bias": rand((c.d_model,), c, device, gen, scale=0.1),
+    }
+
+
+def layernorm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.double()
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight.double() + bias.double()
+
+
+def rmsnorm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.double()
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * weight.double()
+
+
+def _layernorm(c: BlockConfig, i: Inputs):
+    x, w, b, shape = i["x"], i["weight"], i["bias"], (c.d_model,)
+    return lambda: F.layer_norm(x, shape, w, b, c.norm_eps)
+
+
+def _rmsnorm(c: BlockConfig, i: Inputs):
+    x, w, shape = i["x"], i["weight"], (c.d_model,)
+    return lambda: F.rms_norm(x, shape, w, c.norm_eps)
+
+
+LAYERNORM = Op(
+    name="layernorm", group="norm", unit="vector", per_block=2,
+    flops=lambda c: 8 * _act(c),
+    min_bytes=lambda c: (2 * _act(c) + 2 * c.d_model) * c.dtype_bytes,
+    make_inputs=_norm_inputs,
+    reference=lambda c, i, rows: layernorm_reference(take_rows(i["x"], rows), i["weight"], i["bias"], c.norm_eps),
+    variants=(Variant("torch", _layernorm),),
+    flops_formula="8·T·d  (mean 1, variance 3, normalise 2, affine 2 per element)",
+    bytes_formula="(2·T·d + 2·d)·bytes  (read x, weight, bias; write y)",
+    doc="LayerNorm over d_model, before attention and before the FFN (twice per block).",
+    applies=lambda c: c.norm == "layernorm",
+)
+
+RMSNORM = Op(
+    name="rmsnorm", group="norm", unit="vector", per_block=2,
+    flops=lambda c: 4 * _act(c),
+    min_bytes=lambda c: (2 * _act(c) + c.d_model) * c.dtype_bytes,
+    make_inputs=_norm_inputs,
+    reference=lambda c, i, rows: rmsnorm_reference(take_rows(i["x"], rows), i["weight"], c.norm_eps),
+    variants=(Variant("torch", _rmsnorm),),
+    flops_formula="4·T·d  (square 1, sum 1, scale 1, weight 1 per element)",
+    bytes_formula="(2·T·d + d)·bytes  (read x, weight; write y)",
+    doc="RMSNorm (Llama-style), twice per block.",
+    applies=lambda c: c.norm == "rmsnorm",
+)
+
+
+def _residual_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+    return {"x": rand((c.tokens, c.d_model), c, device, gen), "residual": rand((c.tokens, c.d_model), c, device, gen)}
+
+
+RESIDUAL_ADD = Op(
+    name="residual_add", group="norm", unit="vector", per_block=2,
+    flops=lambda c: _act(c),
+    min_bytes=lambda c: 3 * _act(c) * c.dtype_bytes,
+    make_inputs=_residual_inputs,
+    reference=lambda c, i, rows: take_rows(i["x"], rows) + take_rows(i["residual"], rows),
+    variants=(Variant("torch", lambda c, i: lambda: i["x"] + i["residual"]),),
+    flops_formula="T·d  (one add per element)",
+    bytes_formula="3·T·d·bytes  (read x and residual, write the sum)",
+    doc="The residual connection around attention and around the FFN (twice per block).",
+)
+
+
+def dropout_error(x: torch.Tensor, y: torch.Tensor, p: float) -> float:
+    """Dropout has no deterministic reference: every element must be 0 or x/(1-p), and the keep rate 1-p.
+
+    Returns the relative error of the kept elements; a keep rate more than 6 standard errors away from
+    1-p raises CheckFailed.
+    """
+    if p == 0.0:
+        return relative_error(y, x)
+    if not torch.isfinite(y).all():
+        return float("inf")
+    kept = y != 0
+    keep_rate = kept.double().mean().item()
+    sigma = ((1 - p) * p / y.numel()) ** 0.5
+    if abs(keep_rate - (1 - p)) > 6 * sigma:
+        raise CheckFailed(f"dropout keep rate {keep_rate:.5f}, expected {1 - p:.5f} ± {sigma:.1e}")
+    return relative_error(y[kept], x[kept].double() / (1 - p))
+
+
+DROPOUT = Op(
+    name="dropout", group="norm", unit="vector", per_block=2,
+    flops=lambda c: _act(c),
+    min_bytes=lambda c: 2 * _act(c) * c.dtype_bytes,
+    make_inputs=_x_inputs,
+    reference=lambda c, i, rows: take_rows(i["x"], rows),
+    check=lambda c, i, out, rows: dropout_error(i["x"], out, c.dropout_p),
+    variants=(Variant("torch", lambda c, i: lambda: F.dropout(i["x"], c.dropout_p, training=True)),),
+    flops_formula="T·d  (one scale per element; random-number generation not counted)",
+    bytes_formula="2·T·d·bytes  (read x, write y; the mask stays on chip)",
+    doc="Dropout on the attention and FFN outputs (twice per block), p from the model config.",
+)
+
+
+def _fused_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+    return {**_norm_inputs(c, device, gen), "residual": rand((c.tokens, c.d_model), c, device, gen)}
+
+
+def residual_dropout_norm_eager(c: BlockConfig, x, residual, weight, bias):
+    """The unfused chain: dropout, then residual add, then the norm: three passes over HBM."""
+    new_residual = residual + F.dropout(x, c.dropout_p, training=True)
+    if c.norm == "rmsnorm":
+        return F.rms_norm(new_residual, (c.d_model,), weight, c.norm_eps), new_residual
+    return F.layer_norm(new_residual, (c.d_model,), weight, bias, c.norm_eps), new_residual
+
+
+def _eager(c: BlockConfig, i: Inputs):
+    return lambda: residual_dropout_norm_eager(c, i["x"], i["residual"], i["weight"], i["bias"])
+
+
+def _compiled(c: BlockConfig, i: Inputs):
+    fn = torch.compile(residual_dropout_norm_eager, dynamic=False)
+    return lambda: fn(c, i["x"], i["residual"], i["weight"], i["bias"])
+
+
+def _triton(c: BlockConfig, i: Inputs):
+    from roofline.kernels.fused_add_dropout_norm import fused_add_dropout_norm
+
+    seed = [0]
+
+    def run():
+        seed[0] += 1
+        return fused_add_dropout_norm(i["x"], i["residual"], i["weight"], i["bias"], c.dropout_p, seed[0],
+                                      c.norm_eps, c.norm)
+
+    return run
+
+
+def fused_norm_error(c: BlockConfig, i: Inputs, output: object, rows: torch.Tensor) -> float:
+    """out must be norm(new_residual) and new_residual − residual must be a valid dropout of x."""
+    out, new_residual = output  # type: ignore[misc]
+    r = take_rows(new_residual, rows)
+    if c.norm == "rmsnorm":
+        ref = rmsnorm_reference(r, i["weight"], c.norm_eps)
+    else:
+        ref = layernorm_reference(r, i["weight"], i["bias"], c.norm_eps)
+    norm_err = relative_error(take_rows(out, rows), ref)
+    drop_err = dropout_error(i["x"].double(), new_residual.double() - i["residual"].double(), c.dropout_p)
+    return max(norm_err, drop_err)
+
+
+RESIDUAL_DROPOUT_NORM = Op(
+    name="residual_dropout_norm", group="norm", unit="vector", per_block=2,
+    flops=lambda c: (2 + (8 if c.norm == "layernorm" else 4)) * _act(c),
+    min_bytes=lambda c: (4 * _act(c) + 2 * c.d_model) * c.dtype_bytes,
+    make_inputs=_fused_inputs,
+    reference=lambda c, i, rows: take_rows(i["x"], rows),
+    check=fused_norm_error,
+    variants=(
+        Variant("eager", _eager),
+        Variant("compile", _compiled, fused=True, requires=needs_cuda,
+                doc="torch.compile (Inductor); on CPU its C++ build takes minutes, so CUDA only"),
+        Variant("triton", _triton, fused=True, requires=needs_triton, doc="kernels/fused_add_dropout_norm.py"),
+    ),
+    replaces=("dropout", "residual_add", "layernorm", "rmsnorm"),
+    flops_formula="(2 + norm)·T·d  (dropout scale, add, then the norm's 8 or 4 per element)",
+    bytes_formula="(4·T·d + 2·d)·bytes  (read x, residual, weight, bias; write y and the new residual)",
+    doc="new_residual = residual + dropout(x); y = norm(new_residual), in one pass instead of three.",
+)
+
+OPS = (LAYERNORM, RMSNORM, DROPOUT, RESIDUAL_ADD, RESIDUAL_DROPOUT_NORM)

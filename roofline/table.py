@@ -1,0 +1,80 @@
+"""The terminal view of a run: one row per variant and a summary (time split, fusions before/after)."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from roofline import fmt
+from roofline.fusion import block_time_split, summarize
+from roofline.results import Results, Row
+
+BOUND_STYLE = {"compute": "cyan", "memory": "magenta"}
+STATUS_STYLE = {"failed": "bold red", "skipped": "yellow"}
+
+
+def ops_table(results: Results) -> Table:
+    run = results.run
+    device = run.get("device", {})
+    config = run.get("config", {})
+    title = (f"{config.get('name', '?')} · {config.get('mode', '?')} · batch {config.get('batch')} · "
+             f"seq {config.get('seq_len')} · {config.get('dtype')} · {device.get('name', '?')}")
+    t = Table(title=title, title_style="bold", header_style="bold", pad_edge=False)
+    for name, justify in [("op", "left"), ("variant", "left"), ("FLOPs", "right"), ("bytes", "right"),
+                          ("AI", "right"), ("time", "right"), ("FLOP/s", "right"), ("B/s", "right"),
+                          ("bound", "left"), ("% roof", "right"), ("peak mem", "right"), ("note", "left")]:
+        t.add_column(name, justify=justify, no_wrap=name != "note")
+    previous_op = None
+    for r in results.rows:
+        t.add_row(*_cells(r, show_op=r.op != previous_op))
+        previous_op = r.op
+    return t
+
+
+def _cells(r: Row, show_op: bool) -> list[Text | str]:
+    op = Text(r.op + (f" ×{r.per_block}" if r.per_block > 1 else "") if show_op else "")
+    variant = Text(r.variant + (" ⚡" if r.fused else ""))
+    if r.status != "ok":
+        note = Text(f"{r.status}: {r.note}", style=STATUS_STYLE.get(r.status, ""))
+        return [op, variant, fmt.si(r.flops), fmt.si(r.min_bytes, "B"), fmt.intensity(r.intensity),
+                "", "", "", "", "", "", note]
+    tflops = fmt.si(r.flops_per_s)
+    gbs = fmt.si(r.bytes_per_s)
+    bound = Text(r.bound, style=BOUND_STYLE.get(r.bound, ""))
+    note = Text(f"throttled: {r.throttle}", style="yellow") if r.throttle else Text("")
+    return [op, variant, fmt.si(r.flops), fmt.si(r.min_bytes, "B"), fmt.intensity(r.intensity),
+            fmt.seconds(r.time_median_s), tflops, gbs, bound, fmt.pct(r.pct_of_roof),
+            fmt.nbytes(r.peak_mem_bytes), note]
+
+
+def summary(results: Results) -> Group:
+    parts: list[Table | Text] = []
+    split = block_time_split(results)
+    total = sum(split.values())
+    if total > 0:
+        parts.append(Text.assemble(
+            ("Unfused block: ", "bold"), f"{fmt.seconds(total)} per block, ",
+            (f"{100 * split['compute'] / total:.0f} % compute-bound", "cyan"), ", ",
+            (f"{100 * split['memory'] / total:.0f} % memory-bound", "magenta"),
+            " (each op at its baseline variant × times per block)"))
+    fusions = summarize(results)
+    if fusions:
+        t = Table(title="Fusion before → after", title_style="bold", header_style="bold", pad_edge=False)
+        for name in ("group", "fused variant", "before", "after", "speedup", "bytes before", "bytes after",
+                     "peak mem before", "peak mem after"):
+            t.add_column(name, justify="left" if name in ("group", "fused variant") else "right")
+        for f in fusions:
+            t.add_row(f.group, f.fused_variant, fmt.seconds(f.chain_time_s), fmt.seconds(f.fused_time_s),
+                      Text(fmt.ratio(f.speedup), style="green" if f.speedup >= 1 else "red"),
+                      fmt.nbytes(f.chain_bytes), fmt.nbytes(f.fused_bytes), fmt.nbytes(f.chain_peak_mem),
+                      fmt.nbytes(f.fused_peak_mem))
+        parts.append(t)
+    counts = {s: sum(r.status == s for r in results.rows) for s in ("ok", "skipped", "failed")}
+    parts.append(Text(f"{counts['ok']} measured, {counts['skipped']} skipped, {counts['failed']} failed"))
+    return Group(*parts)
+
+
+def print_results(results: Results, console: Console) -> None:
+    console.print(ops_table(results))
+    console.print(summary(results))

@@ -1,0 +1,142 @@
+"""One timer for GPU (CUDA events, L2 flushed before every sample) and CPU (perf_counter).
+
+Why our own loop and not `triton.testing.do_bench`: we need an adaptive stopping rule (stop when the median
+is known to ±0.5 %, NVBench's default, or when the per-op budget is spent), the raw samples kept for
+`compare`, and the same statistics on the CPU, where Triton's timer does not run.
+
+Stopping rule: the standard error of the median is √(π/2)·σ/√n; σ is estimated robustly from the
+inter-quartile range (σ ≈ IQR / 1.349) so that one slow outlier does not keep us sampling forever.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+TARGET_REL_ERR = 0.005
+
+
+@dataclass
+class TimingStats:
+    median_s: float
+    p20_s: float
+    p80_s: float
+    samples: int
+    rel_err: float  # estimated relative standard error of the median
+    stop_reason: str  # "converged" | "budget" | "max_samples"
+    samples_s: list[float] = field(default_factory=list)
+
+
+def quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated quantile of an already sorted list."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def median_rel_error(samples: list[float]) -> float:
+    """Relative standard error of the median: √(π/2)·(IQR/1.349)/√n / median (inf for < 3 samples)."""
+    if len(samples) < 3:
+        return math.inf
+    s = sorted(samples)
+    med = statistics.median(s)
+    iqr = quantile(s, 0.75) - quantile(s, 0.25)
+    return math.sqrt(math.pi / 2) * (iqr / 1.349) / math.sqrt(len(s)) / med if med > 0 else math.inf
+
+
+def summarize(samples: list[float], stop_reason: str) -> TimingStats:
+    s = sorted(samples)
+    return TimingStats(median_s=statistics.median(s), p20_s=quantile(s, 0.2), p80_s=quantile(s, 0.8),
+                       samples=len(s), rel_err=median_rel_error(s), stop_reason=stop_reason,
+                       samples_s=list(samples))
+
+
+def sample_until_stable(run_batch: Callable[[int], list[float]], budget_s: float, min_samples: int = 5,
+                        max_samples: int = 2000, target_rel_err: float = TARGET_REL_ERR,
+                        clock: Callable[[], float] = time.perf_counter) -> TimingStats:
+    """Call run_batch(k) (which returns k sample times) until the median is stable or the budget is spent.
+
+    At least `min_samples` are always taken, even past the budget, so that every row has statistics.
+    """
+    start = clock()
+    samples: list[float] = []
+    batch = min_samples
+    while True:
+        samples.extend(run_batch(batch))
+        n = len(samples)
+        elapsed = clock() - start
+        if n >= min_samples and median_rel_error(samples) <= target_rel_err:
+            return summarize(samples, "converged")
+        if n >= max_samples:
+            return summarize(samples, "max_samples")
+        if n >= min_samples and elapsed >= budget_s:
+            return summarize(samples, "budget")
+        per_sample = elapsed / n if elapsed > 0 else 0.0
+        left = budget_s - elapsed
+        affordable = int(left / per_sample) if per_sample > 0 else max_samples
+        batch = max(1, min(max(n, 5), affordable, max_samples - n))
+
+
+class Timer:
+    """Times a closure on one device. GPU: events around the closure only, L2 flushed before each sample."""
+
+    def __init__(self, device: torch.device, l2_bytes: int = 0) -> None:
+        self.device = device
+        self.is_cuda = device.type == "cuda"
+        self._flush = None
+        if self.is_cuda:
+            flush_bytes = max(2 * l2_bytes, 64 << 20)
+            self._flush = torch.empty(flush_bytes // 4, dtype=torch.int32, device=device)
+
+    def sync(self) -> None:
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
+
+    def first_call(self, fn: Callable[[], object]) -> tuple[object, float]:
+        """Run once (compilation, autotuning, cuDNN plans happen here) and return (output, seconds)."""
+        self.sync()
+        t0 = time.perf_counter()
+        out = fn()
+        self.sync()
+        return out, time.perf_counter() - t0
+
+    def warm_up(self, fn: Callable[[], object], first_call_s: float, target_s: float = 0.03) -> None:
+        """A few more calls so caches, clocks and allocator settle; none when one call is already long."""
+        if first_call_s > 0.5:
+            return
+        t0 = time.perf_counter()
+        for _ in range(100):
+            fn()
+            self.sync()
+            if time.perf_counter() - t0 >= target_s:
+                break
+
+    def run_batch(self, fn: Callable[[], object], k: int, flush: bool = True) -> list[float]:
+        if not self.is_cuda:
+            times = []
+            for _ in range(k):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            return times
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(k)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(k)]
+        for start, end in zip(starts, ends):
+            if flush:
+                self._flush.zero_()  # type: ignore[union-attr]
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(self.device)
+        return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
+
+    def time(self, fn: Callable[[], object], budget_s: float, min_samples: int) -> TimingStats:
+        return sample_until_stable(lambda k: self.run_batch(fn, k), budget_s, min_samples)
