@@ -146,27 +146,23 @@ def _rate(timer: Timer, fn: Callable[[], object], work: float, budget_s: float =
     return work / stats.median_s
 
 
-def _gpu_bandwidths(c: Ceilings, info: DeviceInfo, timer: Timer) -> None:
-    n = 1 << 30  # 1 GiB buffers: 20× an H100's L2
-    src = torch.empty(n // 4, dtype=torch.float32, device=info.torch_device).normal_()
+def _bandwidths(timer: Timer, device: torch.device, n: int, budget_s: float) -> tuple[float, float, float]:
+    """(copy, read, write) bytes/s on fp32 buffers of n bytes; copy counts bytes read plus bytes written."""
+    src = torch.empty(n // 4, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
-    c.memory_bandwidth = _rate(timer, lambda: dst.copy_(src), 2 * n)
-    c.read_bandwidth = _rate(timer, lambda: src.sum(), n)
-    c.write_bandwidth = _rate(timer, lambda: dst.fill_(1.0), n)
-    del src, dst
-    small = max(info.l2_bytes // 4, 1 << 20)  # source + destination use half of L2
-    a = torch.empty(small // 4, dtype=torch.float32, device=info.torch_device).normal_()
-    b = torch.empty_like(a)
-    c.l2_bandwidth = _rate(timer, lambda: b.copy_(a), 2 * small)
+    return (_rate(timer, lambda: dst.copy_(src), 2 * n, budget_s), _rate(timer, lambda: src.sum(), n, budget_s),
+            _rate(timer, lambda: dst.fill_(1.0), n, budget_s))
+
+
+def _gpu_bandwidths(c: Ceilings, info: DeviceInfo, timer: Timer) -> None:
+    device = info.torch_device
+    c.memory_bandwidth, c.read_bandwidth, c.write_bandwidth = _bandwidths(timer, device, 1 << 30, 0.3)
+    small = max(info.l2_bytes // 4, 1 << 20)  # source + destination fill half of L2
+    c.l2_bandwidth = _bandwidths(timer, device, small, 0.2)[0]
 
 
 def _cpu_bandwidths(c: Ceilings, timer: Timer) -> None:
-    n = 256 << 20
-    src = torch.randn(n // 4)
-    dst = torch.empty_like(src)
-    c.memory_bandwidth = _rate(timer, lambda: dst.copy_(src), 2 * n, budget_s=0.5)
-    c.read_bandwidth = _rate(timer, lambda: src.sum(), n, budget_s=0.5)
-    c.write_bandwidth = _rate(timer, lambda: dst.fill_(1.0), n, budget_s=0.5)
+    c.memory_bandwidth, c.read_bandwidth, c.write_bandwidth = _bandwidths(timer, torch.device("cpu"), 256 << 20, 0.5)
 
 
 def _gemm_rate(timer: Timer, info: DeviceInfo, dtype: str, m: int, n: int, k: int) -> float:

@@ -94,7 +94,6 @@ def profile(
     from roofline import device as devices
     from roofline.config import make_config
     from roofline.ops import plan
-    from roofline.table import print_results
 
     t_start = time.perf_counter()
     dev = devices.detect(device)

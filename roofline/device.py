@@ -234,7 +234,9 @@ def read_clocks(info: DeviceInfo) -> dict[str, object]:
         import pynvml
 
         handle = nvml_handle(info.index, torch.cuda.get_device_properties(info.index))
-        reasons = pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)
+        get_reasons = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+            pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        reasons = get_reasons(handle)
         others = [p for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid != os.getpid()]
         return {
             "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),

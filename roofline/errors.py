@@ -1,4 +1,4 @@
-"""Errors the user can act on, and the exit codes they map to (see DESIGN: 0 ok, 1 regression, 2 bad input, 3 could not run)."""
+"""Errors the user can act on, and their exit codes: 0 ok, 1 regression, 2 bad input, 3 could not run."""
 
 from __future__ import annotations
 

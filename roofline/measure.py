@@ -12,6 +12,7 @@ Order of work for one variant, and why:
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import time
@@ -190,7 +191,12 @@ def run_plan(items: list[tuple[Op, Variant]], c: BlockConfig, info: DeviceInfo, 
 
 
 def git_commit() -> str:
-    """The commit of the roofline checkout that ran, with '-dirty' when it had local changes."""
+    """The commit of the roofline checkout that ran, with '-dirty' when it had local changes.
+
+    ROOFLINE_GIT_COMMIT overrides it, for copies of a checkout that travel without their .git folder.
+    """
+    if os.environ.get("ROOFLINE_GIT_COMMIT"):
+        return os.environ["ROOFLINE_GIT_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,

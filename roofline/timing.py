@@ -129,14 +129,14 @@ class Timer:
             return times
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(k)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(k)]
-        for start, end in zip(starts, ends):
+        for start, end in zip(starts, ends, strict=True):
             if flush:
                 self._flush.zero_()  # type: ignore[union-attr]
             start.record()
             fn()
             end.record()
         torch.cuda.synchronize(self.device)
-        return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
+        return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)]
 
     def time(self, fn: Callable[[], object], budget_s: float, min_samples: int) -> TimingStats:
         return sample_until_stable(lambda k: self.run_batch(fn, k), budget_s, min_samples)
