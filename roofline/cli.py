@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 
@@ -23,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Where a Transformer block spends its time on a GPU, and why.")
 stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 220)
 _argv: list[str] = []  # the command line, recorded in results.json
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)
 
 
 def warn(message: str) -> None:
@@ -281,26 +280,37 @@ def devices_detect(device: str | None):  # type: ignore[no-untyped-def]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and turn every user-facing error into one line and an exit code."""
+    """Entry point: run the app and turn every user-facing error into one line and an exit code.
+
+    Typer raises click's exception classes, which newer typer releases vendor (typer._click) instead of
+    importing click: they are recognised by shape (exit_code, format_message), not by import.
+    """
     args = sys.argv[1:] if argv is None else argv
     _argv[:] = args
     try:
-        app(args=args, prog_name="roofline", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
-        stderr.print("roofline: aborted")
-        return 130
-    except click.ClickException as exc:
-        stderr.print(f"roofline: error: {exc.format_message()}", highlight=False, markup=False)
-        return EXIT_BAD_INPUT
+        result = app(args=args, prog_name="roofline", standalone_mode=False)
     except RooflineError as exc:
         stderr.print(f"roofline: error: {exc}", highlight=False, markup=False)
         return exc.exit_code
     except KeyboardInterrupt:
         stderr.print("roofline: interrupted (results measured so far are saved)")
         return 130
-    return 0
+    except Exception as exc:
+        name = type(exc).__name__
+        if name == "Exit":
+            return int(getattr(exc, "exit_code", 0) or 0)
+        if name == "Abort":
+            stderr.print("roofline: aborted")
+            return 130
+        if name == "NoArgsIsHelpError" or not hasattr(exc, "format_message"):
+            if name == "NoArgsIsHelpError":
+                stderr.print(exc.format_message(), highlight=False, markup=False)  # type: ignore[attr-defined]
+                return EXIT_BAD_INPUT
+            raise
+        message = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]
+        stderr.print(f"roofline: error: {message}", highlight=False, markup=False)
+        return EXIT_BAD_INPUT
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":
