@@ -7,12 +7,18 @@ export PYTHONUNBUFFERED=1 NO_COLOR=1
 TAG=$1; shift
 R=${OUT:-/tmp/out}/$TAG
 mkdir -p "$R"
-pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "pip install -e failed" >&2
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$R/pip.log" 2>&1 || { echo "pip install -e failed"; tail -5 "$R/pip.log"; }
+roofline() { python3 -m roofline "$@"; }
 log() { echo "=== $* ($(date +%T))"; }
-timed() { local name=$1; shift; log "$name: $*"; /usr/bin/time -f "$name wall %e s" "$@" > "$R/$name.stdout" 2> >(tee "$R/$name.stderr" >&2); tail -n 60 "$R/$name.stdout"; }
+timed() {
+  local name=$1; shift; log "$name: $*"; local t0; t0=$(date +%s.%N)
+  "$@" > "$R/$name.stdout" 2> "$R/$name.stderr"; local rc=$?
+  echo "$name: exit $rc, wall $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s" | tee -a "$R/walltimes.txt"
+  tail -n 45 "$R/$name.stdout"; grep -v "━" "$R/$name.stderr" | tail -n 8
+}
 for step in "$@"; do
   case $step in
-    env) log env; nvidia-smi; python3 -c 'import torch,triton;print(torch.__version__,triton.__version__)'; roofline devices ;;
+    env) log env; nvidia-smi; python3 -c 'import torch,triton,typer,rich,pandas,matplotlib,pynvml,jinja2;print(torch.__version__,triton.__version__,typer.__version__)'; roofline devices ;;
     calibrate) timed calibrate roofline calibrate --force --out "$R"; timed calibrate-cached roofline calibrate --out "$R/cached" ;;
     profile8192) timed profile8192 roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192" ;;
     profile2048) timed profile2048 roofline profile --seq-len 2048 --out "$R/gpt-7b-s2048" ;;
