@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .softmax import softmax_reference
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # Triton runs kernels on the CPU
 HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
@@ -48,17 +50,17 @@ def _configs() -> list[triton.Config]:
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drop tiles that spill or overflow shared memory: 8 warps need a 128×128 tile, and a
-    128-key tile at head_dim 128 needs 8 warps (registers) and at most 3 stages (K+V: 64 KiB each)."""
+    """Drop tiles that cannot run well: more than 128 fp32 values per thread for the accumulator and
+    the scores (BLOCK_M·(HEAD_DIM + BLOCK_N) / threads) spill registers inside the loop, and Q plus
+    num_stages buffers of K and V must fit in the 227 KiB of shared memory of an H100."""
     head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
     kept = []
     for config in configs:
-        block_n, warps, stages = config.kwargs["BLOCK_N"], config.num_warps, config.num_stages
-        if warps == 8 and config.kwargs["BLOCK_M"] * block_n < 128 * 128:
-            continue
-        if head_dim >= 128 and block_n >= 128 and (warps < 8 or stages > 3):
-            continue
-        kept.append(config)
+        block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+        fp32_per_thread = block_m * (head_dim + block_n) // (32 * config.num_warps)
+        shared_bytes = 2 * head_dim * (block_m + 2 * block_n * config.num_stages)
+        if fp32_per_thread <= 128 and shared_bytes <= 227 * 1024:
+            kept.append(config)
     return kept or configs[:1]
 
 
@@ -66,11 +68,7 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
 def _dot(a, b, acc, IN_FP32: tl.constexpr):
     """tl.dot; IN_FP32 upcasts the operands, for Triton's CPU interpreter, which multiplies the raw
     bits of bf16 values. On the GPU IN_FP32 is False: bf16/fp16 tensor cores, fp32 accumulation."""
-    if IN_FP32:
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
-    else:
-        out = tl.dot(a, b, acc)
-    return out
+    return tl.dot(a.to(tl.float32), b.to(tl.float32), acc) if IN_FP32 else tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -78,10 +76,10 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi,
                     offs_m, offs_n, offs_d, kv_len, causal_offset, qk_scale,
                     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT_IN_FP32: tl.constexpr):
     """Fold keys lo .. hi-1 into (acc, l_i, m_i). MASKED: check key bounds and the causal mask."""
-    k_ptrs = K + (lo + offs_n)[:, None] * stride_kn + offs_d[None, :]
-    v_ptrs = V + (lo + offs_n)[:, None] * stride_vn + offs_d[None, :]
     for start_n in tl.range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
+        k_ptrs = K + (start_n + offs_n)[:, None] * stride_kn + offs_d[None, :]
+        v_ptrs = V + (start_n + offs_n)[:, None] * stride_vn + offs_d[None, :]
         # read BLOCK_N keys, s = q·kᵀ
         if MASKED:
             in_kv = (start_n + offs_n) < kv_len
@@ -104,15 +102,10 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi,
             alpha = tl.math.exp2(m_i - m_ij)
         l_i = l_i * alpha + tl.sum(p, 1)
         # read BLOCK_N values, acc = α·acc + p·v
-        if MASKED:
-            v = tl.load(v_ptrs, mask=in_kv[:, None], other=0.0)
-        else:
-            v = tl.load(v_ptrs)
+        v = tl.load(v_ptrs, mask=in_kv[:, None], other=0.0) if MASKED else tl.load(v_ptrs)
         acc = acc * alpha[:, None]
         acc = _dot(p.to(v.dtype), v, acc, DOT_IN_FP32)
         m_i = m_ij
-        k_ptrs += BLOCK_N * stride_kn
-        v_ptrs += BLOCK_N * stride_vn
     return acc, l_i, m_i
 
 
@@ -120,7 +113,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, lo, hi,
                  prune_configs_by={"early_config_prune": _prune_configs})
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, O,
+    Q, K, V, Out,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -129,18 +122,20 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # the query blocks of one head are neighbours in launch order, so its K and V stay in L2;
+    # causal: the last query blocks see the most keys, so they start first
+    n_blocks_m = tl.cdiv(q_len, BLOCK_M)
+    off_bh = tl.program_id(0) // n_blocks_m
+    start_m = tl.program_id(0) % n_blocks_m
     if CAUSAL:
-        start_m = tl.num_programs(0) - 1 - tl.program_id(0)  # most keys first
-    else:
-        start_m = tl.program_id(0)
-    off_bh = tl.program_id(1)
+        start_m = n_blocks_m - 1 - start_m
     off_b = (off_bh // heads).to(tl.int64)
     off_h = (off_bh % heads).to(tl.int64)
     off_kvh = off_h // group_size
     Q += off_b * stride_qb + off_h * stride_qh
     K += off_b * stride_kb + off_kvh * stride_kh
     V += off_b * stride_vb + off_kvh * stride_vh
-    O += off_b * stride_ob + off_h * stride_oh
+    Out += off_b * stride_ob + off_h * stride_oh
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -170,7 +165,7 @@ def _attn_fwd_kernel(
 
     # write BLOCK_M outputs
     acc = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    tl.store(O + offs_m[:, None] * stride_om + offs_d[None, :], acc.to(O.dtype.element_ty), mask=in_q[:, None])
+    tl.store(Out + offs_m[:, None] * stride_om + offs_d[None, :], acc.to(Out.dtype.element_ty), mask=in_q[:, None])
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
@@ -209,8 +204,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     if kv_len == 0:
         return out.zero_()
 
-    def grid(meta: dict) -> tuple[int, int]:
-        return triton.cdiv(q_len, meta["BLOCK_M"]), batch * heads
+    def grid(meta: dict) -> tuple[int]:
+        return (triton.cdiv(q_len, meta["BLOCK_M"]) * batch * heads,)
 
     _attn_fwd_kernel[grid](
         q, k, v, out,
@@ -231,11 +226,5 @@ def flash_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     group_size = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group_size, dim=1), v.repeat_interleave(group_size, dim=1)
-    scores = q @ k.transpose(-1, -2) * (scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
-    if causal:
-        q_len, kv_len = scores.shape[-2:]
-        i = torch.arange(q_len, device=q.device)[:, None]
-        j = torch.arange(kv_len, device=q.device)[None, :]
-        masked = j > i + (kv_len - q_len)
-        return torch.softmax(scores.masked_fill(masked, float("-inf")), dim=-1).masked_fill(masked, 0.0) @ v
-    return torch.softmax(scores, dim=-1) @ v
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    return softmax_reference(q @ k.transpose(-1, -2), scale, causal) @ v

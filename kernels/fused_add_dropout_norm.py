@@ -61,7 +61,7 @@ def _sum_sq_dev(h, cols, n_cols, mean):
     return tl.sum(dev * dev, axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "keep_threshold"])  # a new seed each call: no recompiles
 def _fused_add_dropout_norm_kernel(
     X, R, W, B, OUT, NEW_R,
     n_cols, seed, keep_threshold, dropout_scale, eps,

@@ -19,7 +19,8 @@ Two paths:
 
 With ``causal``, x holds attention scores [..., q_len, kv_len] and element (i, j) is masked when
 j > i + (kv_len - q_len): the mask is aligned to the bottom-right corner, as in decoding where the
-q_len new queries are the last ones. A row with no visible column (q_len > kv_len) gives zeros.
+q_len new queries are the last ones. A row with nothing visible (q_len > kv_len, or all -inf)
+gives zeros where torch gives NaN.
 """
 
 import math
@@ -85,7 +86,7 @@ def _softmax_looped_kernel(X, Y, n_cols, q_len, causal_offset, scale_log2e,
     s = tl.full((), 0.0, tl.float32)
     for start in tl.range(0, n_visible, BLOCK):
         c = start + cols
-        x = tl.load(X + c, mask=c < n_read, other=0.0)
+        x = tl.load(X + c, mask=c < n_read, other=0.0, eviction_policy="evict_last")  # kept for pass 2
         z = tl.where(c < n_visible, x.to(tl.float32) * scale_log2e, float("-inf"))
         m_new = tl.maximum(m, tl.max(z, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # only -inf seen so far
@@ -96,7 +97,7 @@ def _softmax_looped_kernel(X, Y, n_cols, q_len, causal_offset, scale_log2e,
     # pass 2: re-read (from L2, mostly) and write every column; masked blocks are written, not read
     for start in tl.range(0, n_cols, BLOCK):
         c = start + cols
-        x = tl.load(X + c, mask=c < n_read, other=0.0)
+        x = tl.load(X + c, mask=c < n_read, other=0.0, eviction_policy="evict_first")
         z = tl.where(c < n_visible, x.to(tl.float32) * scale_log2e, float("-inf"))
         tl.store(Y + c, (tl.exp2(z - m) * inv_s).to(Y.dtype.element_ty), mask=c < n_cols)
 

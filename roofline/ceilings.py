@@ -116,10 +116,10 @@ def calibrate(info: DeviceInfo, quick: bool = False) -> Ceilings:
         for dtype in gpu_gemm_dtypes(info):
             c.gemm_shapes[dtype] = {f"{m}x{n}x{k}": _gemm_rate(timer, info, dtype, m, n, k) for m, n, k in shapes}
     else:
-        _cpu_bandwidths(c, timer)
+        _cpu_bandwidths(c, timer, quick)
+        shapes = CPU_GEMM_SHAPES[-1:] if quick else CPU_GEMM_SHAPES
         for dtype in ("fp32", "bf16"):
-            c.gemm_shapes[dtype] = {f"{m}x{n}x{k}": _gemm_rate(timer, info, dtype, m, n, k)
-                                    for m, n, k in CPU_GEMM_SHAPES}
+            c.gemm_shapes[dtype] = {f"{m}x{n}x{k}": _gemm_rate(timer, info, dtype, m, n, k) for m, n, k in shapes}
     for dtype, rates in c.gemm_shapes.items():
         best = max(rates.values())
         if dtype == "fp32":
@@ -161,8 +161,9 @@ def _gpu_bandwidths(c: Ceilings, info: DeviceInfo, timer: Timer) -> None:
     c.l2_bandwidth = _bandwidths(timer, device, small, 0.2)[0]
 
 
-def _cpu_bandwidths(c: Ceilings, timer: Timer) -> None:
-    c.memory_bandwidth, c.read_bandwidth, c.write_bandwidth = _bandwidths(timer, torch.device("cpu"), 256 << 20, 0.5)
+def _cpu_bandwidths(c: Ceilings, timer: Timer, quick: bool) -> None:
+    n, budget = (64 << 20, 0.2) if quick else (256 << 20, 0.5)
+    c.memory_bandwidth, c.read_bandwidth, c.write_bandwidth = _bandwidths(timer, torch.device("cpu"), n, budget)
 
 
 def _gemm_rate(timer: Timer, info: DeviceInfo, dtype: str, m: int, n: int, k: int) -> float:

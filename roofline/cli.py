@@ -103,6 +103,7 @@ def profile(
     items = plan(config, _csv_list(ops), _csv_list(variants))
     if not items:
         raise RooflineError("nothing to measure: --ops/--variants selected no (op, variant) of this model")
+    settings = measure.Settings.for_device(dev, budget)
     out_dir = _writable_dir(out or default_out_dir(dev.slug, config))
 
     measured = None
@@ -117,7 +118,6 @@ def profile(
             info("Using datasheet roofs (run `roofline calibrate` once for measured ones)")
     roofs = measure.Roofs(dev.peak_flops, dev.memory_bandwidth,
                           measured.peak_flops if measured else {}, measured.memory_bandwidth if measured else 0.0)
-    settings = measure.Settings.for_device(dev, budget)
     run = measure.run_metadata(config, dev, roofs, settings, _argv,
                                measured.to_dict() if measured else None)
     res = results.Results(run=run)
@@ -276,6 +276,12 @@ def devices_detect(device: str | None):  # type: ignore[no-untyped-def]
 
 # Commands that live in their own modules register here (keep heavy imports inside the command functions).
 # --- command registry (one block per module) ---
+from roofline.compare import compare_command  # noqa: E402
+
+app.command("compare")(compare_command)
+from roofline.report import report_command  # noqa: E402
+
+app.command("report")(report_command)
 # --- end of command registry ---
 
 

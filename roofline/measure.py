@@ -25,7 +25,7 @@ import torch
 from roofline import model
 from roofline.config import BlockConfig
 from roofline.device import DeviceInfo, free_memory_bytes, read_clocks
-from roofline.errors import Unsupported
+from roofline.errors import RooflineError, Unsupported
 from roofline.ops.base import TOLERANCE, CheckFailed, Op, Variant, default_check
 from roofline.results import SCHEMA_VERSION, Row
 from roofline.timing import Timer
@@ -43,6 +43,8 @@ class Settings:
 
     @classmethod
     def for_device(cls, info: DeviceInfo, budget_s: float | None = None) -> Settings:
+        if budget_s is not None and not budget_s > 0:
+            raise RooflineError(f"--budget must be a positive number of seconds, got {budget_s}")
         if info.kind == "cuda":
             return cls(budget_s=budget_s or 0.5, min_samples=10)
         return cls(budget_s=budget_s or 1.0, min_samples=3)

@@ -86,7 +86,7 @@ class Results:
     rows: list[Row] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
-        return {"schema_version": SCHEMA_VERSION, "run": self.run,
+        return {"schema_version": SCHEMA_VERSION, "run": _clean(self.run),
                 "rows": [_clean(dataclasses.asdict(r)) for r in self.rows]}
 
     def to_dataframe(self, with_samples: bool = False) -> pd.DataFrame:
@@ -161,6 +161,8 @@ def load(path: str | Path) -> Results:
         raise RooflineError(f"{path} is missing its 'run' or 'rows'")
     parsed = []
     for i, raw in enumerate(rows):
+        if not isinstance(raw, dict):
+            raise RooflineError(f"{path}: row {i} is not an object")
         missing = [k for k in REQUIRED_FIELDS if k not in raw]
         if missing:
             raise RooflineError(f"{path}: row {i} lacks {', '.join(missing)}")

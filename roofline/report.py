@@ -1,0 +1,269 @@
+"""`roofline report`: the plots and a one-file HTML report, re-rendered from saved results.json (no GPU needed).
+
+render_all() is what `profile` calls after a run; report_command() is `roofline report RESULTS.json [MORE…]`.
+The HTML is ONE offline file — figures embedded as SVG data URIs, CSS and a few lines of JS inline, a Content
+Security Policy that forbids every request — so it can be mailed, attached to an issue or opened years later.
+matplotlib, jinja2 and the op catalog (torch) are imported inside the functions: `roofline --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from roofline.errors import RooflineError
+
+if TYPE_CHECKING:
+    from roofline.results import Results, Row
+
+FIGURES = ("roofline", "time_split")
+
+
+def render_all(results_list: list[Results], out_dir: Path, html: bool = True, png: bool = True,
+               svg: bool = True) -> list[Path]:
+    """Write roofline.{png,svg}, time_split.{png,svg} and report.html into out_dir; returns the paths written."""
+    from roofline import plot
+
+    if not results_list:
+        raise RooflineError("no results to render")
+    for res in results_list:
+        if not res.ok_rows():
+            raise RooflineError(f"nothing to plot for {plot.describe_run(res)}: none of its {len(res.rows)} rows "
+                                "was measured (all failed or skipped)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RooflineError(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
+    written, images = [], {}
+    for name, make in zip(FIGURES, (plot.roofline_figure, plot.time_split_figure), strict=True):
+        fig = make(results_list)
+        svg_bytes = plot.figure_bytes(fig, "svg")
+        images[name] = "data:image/svg+xml;base64," + base64.b64encode(svg_bytes).decode("ascii")
+        if png:
+            written.append(_write(out_dir / f"{name}.png", plot.figure_bytes(fig, "png")))
+        if svg:
+            written.append(_write(out_dir / f"{name}.svg", svg_bytes))
+    if html:
+        written.append(_write(out_dir / "report.html", html_report(results_list, images).encode("utf-8")))
+    return written
+
+
+def _write(path: Path, data: bytes) -> Path:
+    """Temp file in the same folder, then rename (results.atomic_write does the same for text)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def html_report(results_list: list[Results], images: dict[str, str]) -> str:
+    """The report as one HTML string; `images` maps figure name to a data: URI."""
+    import jinja2
+
+    from roofline import plot
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("roofline", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    labels = plot.run_labels(results_list)
+    title = plot.describe_run(results_list[0]) if len(results_list) == 1 else " vs ".join(labels)
+    return env.get_template("report.html.j2").render(
+        title=f"Roofline · {title}", runs=[run_context(r, label) for r, label in zip(results_list, labels,
+                                                                                      strict=True)],
+        images=images, compute_color=plot.COMPUTE_COLOR, memory_color=plot.MEMORY_COLOR,
+        several=len(results_list) > 1)
+
+
+def run_context(res: Results, label: str) -> dict[str, Any]:
+    """Everything the template shows for one run, already formatted (the template only lays it out)."""
+    from roofline import plot
+
+    run: dict[str, Any] = res.run
+    return {"label": label, "title": plot.describe_run(res), "summary": summary(res), "facts": facts(run),
+            "ceilings": ceilings(res), "rows": [op_row(r) for r in res.rows], "fusions": fusions(res),
+            "warnings": warnings(res), "command": run.get("command", ""),
+            "started_at": run.get("started_at", ""),
+            "groups": {r.group: plot.group_color(r.group) for r in res.rows}}
+
+
+def summary(res: Results) -> list[str]:
+    """The one-paragraph summary, as sentences: what ran, where the time goes, what fusion buys."""
+    from roofline import fmt, plot
+    from roofline.fusion import summarize
+
+    run: dict[str, Any] = res.run
+    c, device = run.get("config", {}), run.get("device", {})
+    before, after = plot.block_before_after(res)
+    total = sum(o.time_s for o in before)
+    sentences = [f"{device.get('name', '?')} ran one {c.get('name')} block ({c.get('mode')}, batch {c.get('batch')},"
+                 f" seq len {c.get('seq_len')}, {c.get('dtype')})."]
+    if total > 0:
+        compute = sum(o.time_s for o in before if o.bound == "compute")
+        sentences.append(f"Unfused it takes {fmt.seconds(total)}: {100 * compute / total:.0f} % of the time in "
+                         f"compute-bound ops, {100 * (total - compute) / total:.0f} % in memory-bound ops.")
+    found = summarize(res)
+    if found:
+        best = max(found, key=lambda f: f.speedup)
+        sentences.append(f"Best fusion: {best.group} · {best.fused_variant} is {fmt.ratio(best.speedup)} the speed "
+                         f"of {' → '.join(best.chain_ops)} ({fmt.seconds(best.chain_time_s)} → "
+                         f"{fmt.seconds(best.fused_time_s)}, {fmt.nbytes(best.chain_bytes)} → "
+                         f"{fmt.nbytes(best.fused_bytes)} of compulsory traffic).")
+        after_total = sum(o.time_s for o in after)
+        if after_total > 0 and total > 0:
+            sentences.append(f"With each chain replaced by its fastest fused variant the block takes "
+                             f"{fmt.seconds(after_total)} ({fmt.ratio(total / after_total)}).")
+    counts = {s: sum(r.status == s for r in res.rows) for s in ("ok", "skipped", "failed")}
+    sentences.append(f"{counts['ok']} variants measured, {counts['skipped']} skipped, {counts['failed']} failed.")
+    return sentences
+
+
+def facts(run: dict[str, Any]) -> list[tuple[str, str]]:
+    """Device and environment, in the order an engineer checks them; empty values left out."""
+    from roofline import fmt
+
+    d, clocks = run.get("device", {}), run.get("clocks_at_start") or {}
+    mhz = lambda v: f"{v} MHz" if v else ""  # noqa: E731
+    rows = [
+        ("device", f"{d.get('name', '?')} ({d.get('kind', '?')})"),
+        ("compute capability", d.get("compute_capability")),
+        ("SMs" if d.get("kind") == "cuda" else "CPU threads", d.get("sm_count") or d.get("cpu_threads")),
+        ("memory", fmt.nbytes(d.get("memory_bytes")) if d.get("memory_bytes") else ""),
+        ("L2 cache", fmt.nbytes(d.get("l2_bytes")) if d.get("l2_bytes") else ""),
+        ("max SM / memory clock", " / ".join(x for x in (mhz(d.get("max_sm_clock_mhz")),
+                                                         mhz(d.get("max_mem_clock_mhz"))) if x)),
+        ("clocks at start", ", ".join(f"{k} {v}" for k, v in clocks.items() if v not in ("", None))),
+        ("memory bus", f"{d['memory_bus_width_bits']} bit" if d.get("memory_bus_width_bits") else ""),
+        ("power limit", f"{d['power_limit_w']:.0f} W" if d.get("power_limit_w") else ""),
+        ("datasheet", " · ".join(x for x in (d.get("datasheet"), d.get("datasheet_source")) if x)),
+        ("driver", d.get("driver")), ("CUDA", d.get("cuda")), ("torch", d.get("torch")),
+        ("triton", d.get("triton")), ("python", run.get("python")),
+        ("roofline", run.get("roofline_version")), ("git commit", run.get("git_commit")),
+        ("started at", run.get("started_at")),
+        ("wall time", fmt.seconds(run["wall_s"]) if run.get("wall_s") else ""),
+    ]
+    return [(k, str(v)) for k, v in rows if v not in ("", None, 0)]
+
+
+def ceilings(res: Results) -> list[dict[str, Any]]:
+    """Datasheet and measured roofs side by side, with how many measured rows each compute roof bounds."""
+    from roofline import fmt, plot
+
+    peaks: dict[str, Any] = res.run.get("peaks", {})
+    sheet, measured = peaks.get("datasheet") or {}, peaks.get("measured") or {}
+    kind = str(res.run.get("device", {}).get("kind", "cuda"))
+    sheet_flops, measured_flops = sheet.get("flops") or {}, measured.get("peak_flops") or {}
+    used = [r.ceiling for r in res.ok_rows()]
+    out = []
+    for key in sorted(set(sheet_flops) | set(measured_flops), key=lambda k: (not k.startswith("tensor"), k)):
+        ds, me = sheet_flops.get(key), measured_flops.get(key)
+        out.append({"roof": plot.roof_name(key, kind), "key": key, "datasheet": fmt.flops_rate(ds),
+                    "measured": fmt.flops_rate(me), "ratio": fmt.pct(100 * me / ds) if ds and me else "–",
+                    "used": used.count(key)})
+    for name, key, ds in (("memory (copy)", "memory_bandwidth", sheet.get("memory_bandwidth")),
+                          ("memory (read)", "read_bandwidth", None), ("memory (write)", "write_bandwidth", None),
+                          ("L2 (copy)", "l2_bandwidth", None)):
+        me = measured.get(key)
+        if ds or me:
+            out.append({"roof": name, "key": "", "datasheet": fmt.bandwidth(ds or None),
+                        "measured": fmt.bandwidth(me or None),
+                        "ratio": fmt.pct(100 * me / ds) if ds and me else "–",
+                        "used": len(used) if key == "memory_bandwidth" else ""})
+    return out
+
+
+def _cell(text: str, sort: object = None, cls: str = "") -> dict[str, Any]:
+    """A table cell: shown text, the value a click on its column sorts by, a CSS class."""
+    return {"text": text, "sort": "" if sort is None else sort, "cls": cls}
+
+
+def op_row(r: Row) -> dict[str, Any]:
+    """The terminal table's columns, plus each cell's raw value for sorting."""
+    from roofline import fmt, plot
+
+    op = r.op + (f" ×{r.per_block}" if r.per_block > 1 else "")
+    ok = r.status == "ok"
+    spread = f"{fmt.seconds(r.time_p20_s)} – {fmt.seconds(r.time_p80_s)}" if ok else ""
+    note = r.note if not ok else (f"throttled: {r.throttle}" if r.throttle else r.note)
+    return {
+        "status": r.status, "group": r.group, "group_color": plot.group_color(r.group), "bound": r.bound if ok else "",
+        "pct": min(r.pct_of_roof or 0.0, 100.0) if ok else 0.0,
+        "cells": [
+            _cell(op, r.op), _cell(r.variant + (" ⚡" if r.fused else ""), r.variant),
+            _cell(fmt.si(r.flops), r.flops, "num"), _cell(fmt.si(r.min_bytes, "B"), r.min_bytes, "num"),
+            _cell(fmt.intensity(r.intensity), r.intensity, "num"),
+            _cell(fmt.seconds(r.time_median_s) if ok else "", r.time_median_s, "num time"),
+            _cell(fmt.si(r.flops_per_s) if ok else "", r.flops_per_s, "num"),
+            _cell(fmt.si(r.bytes_per_s) if ok else "", r.bytes_per_s, "num"),
+            _cell(r.bound if ok else "", r.bound, "bound"),
+            _cell(fmt.pct(r.pct_of_roof) if ok else "", r.pct_of_roof, "num pct"),
+            _cell(fmt.nbytes(r.peak_mem_bytes) if r.peak_mem_bytes is not None else "–", r.peak_mem_bytes, "num"),
+            _cell(f"{r.status}: {note}" if not ok else note, r.status + note, "note"),
+        ],
+        "spread": spread,
+    }
+
+
+def fusions(res: Results) -> list[dict[str, str]]:
+    from roofline import fmt
+    from roofline.fusion import summarize
+
+    return [{"group": f.group, "variant": f.fused_variant, "chain": " → ".join(f.chain_ops),
+             "before": fmt.seconds(f.chain_time_s), "after": fmt.seconds(f.fused_time_s),
+             "speedup": fmt.ratio(f.speedup), "good": "good" if f.speedup >= 1 else "bad",
+             "bytes_before": fmt.nbytes(f.chain_bytes), "bytes_after": fmt.nbytes(f.fused_bytes),
+             "mem_before": fmt.nbytes(f.chain_peak_mem), "mem_after": fmt.nbytes(f.fused_peak_mem)}
+            for f in summarize(res)]
+
+
+def warnings(res: Results) -> list[tuple[str, str]]:
+    """(kind, text): run warnings, throttled rows, skipped and failed variants, timings that never settled."""
+    out = [("run", str(w)) for w in res.run.get("warnings", [])]
+    for r in res.rows:
+        name = f"{r.op} · {r.variant}"
+        if r.throttle:
+            out.append(("throttled", f"{name}: {r.throttle}"))
+        if r.status != "ok":
+            out.append((r.status, f"{name}: {r.note}"))
+        elif r.stop_reason == "budget" and r.rel_err is not None and r.rel_err > 0.02:
+            out.append(("unstable", f"{name}: the timing budget ran out with the median still ±{100 * r.rel_err:.1f} %"
+                                    f" ({r.samples} samples)"))
+    return out
+
+
+def report_command(
+    results_files: Annotated[list[Path], typer.Argument(
+        metavar="RESULTS.json", show_default=False,
+        help="results.json files (or their folders) to render; several overlay in one plot.")],
+    html: Annotated[bool, typer.Option("--html/--no-html", help="Write report.html.")] = True,
+    png: Annotated[bool, typer.Option("--png/--no-png", help="Write roofline.png and time_split.png.")] = True,
+    svg: Annotated[bool, typer.Option("--svg/--no-svg", help="Write roofline.svg and time_split.svg.")] = True,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: the first results file's folder).")]
+    = None,
+) -> None:
+    """Re-render the plots and the HTML report from saved results (no GPU needed)."""
+    from roofline import results
+    from roofline.cli import info
+
+    loaded = []
+    for path in results_files:
+        res = results.load(path)
+        if not res.ok_rows():
+            raise RooflineError(f"{path} has no measured rows ({len(res.rows)} rows, all failed or skipped): "
+                                "nothing to plot")
+        loaded.append(res)
+    first = results_files[0]
+    target = out or (first if first.is_dir() else first.parent)
+    for path in render_all(loaded, target, html=html, png=png, svg=svg):
+        info(f"Wrote {path}")

@@ -1,0 +1,297 @@
+"""`roofline compare`: alignment, verdicts from raw samples, outputs, exit codes, and the CI workflow file.
+
+Real results only: the committed reference runs (reports/reference/**/results.json) when present, and two CPU
+runs made once per session. Modified copies (times scaled, a row removed, metadata changed) are derived from
+those in tmp_path, never invented.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from roofline import cli
+from roofline.compare import align, bootstrap_ratio_ci, compare_files, judge, mann_whitney, to_markdown
+from roofline.results import load
+
+REPO = Path(__file__).resolve().parents[1]
+OPS = "layernorm,softmax,residual_add,gelu"
+
+
+def reference_results() -> list[Path]:
+    return sorted(REPO.glob("reports/reference/**/results.json"))
+
+
+@pytest.fixture(scope="session")
+def cpu_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two real profiles of the same ops on this CPU (a few seconds each)."""
+    paths = []
+    for name in ("run-a", "run-b"):
+        out = tmp_path_factory.mktemp(name)
+        argv = ["profile", "--device", "cpu", "--seq-len", "64", "--ops", OPS, "--out", str(out),
+                "--no-plots", "--budget", "0.25"]
+        assert cli.main(argv) == 0
+        paths.append(out / "results.json")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def real_files(cpu_runs: list[Path]) -> list[Path]:
+    return [*reference_results(), cpu_runs[0]]
+
+
+def derived(src: Path, dst: Path, time_factor: float = 1.0, sample_factors: tuple[float, ...] = (),
+            run_changes: dict[str, object] | None = None, drop_op: str | None = None) -> Path:
+    """A copy of a real results.json with every time scaled (and the rates with them), or metadata changed."""
+    data = json.loads(src.read_text())
+    for row in data["rows"]:
+        factors = sample_factors or (time_factor,)
+        row["time_samples_s"] = [t * factors[i % len(factors)] for i, t in enumerate(row["time_samples_s"])]
+        for key in ("time_median_s", "time_p20_s", "time_p80_s"):
+            if row[key] is not None:
+                row[key] *= time_factor
+        for key in ("flops_per_s", "bytes_per_s", "pct_of_roof"):
+            if row[key] is not None:
+                row[key] /= time_factor
+    data["rows"] = [r for r in data["rows"] if r["op"] != drop_op]
+    for dotted, value in (run_changes or {}).items():
+        *parents, leaf = dotted.split(".")
+        target = data
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    dst.write_text(json.dumps(data))
+    return dst
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    code = cli.main(["compare", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def verdicts(base: Path, new: Path) -> dict[tuple, str]:
+    (c,) = compare_files([str(base), str(new)], 0.05)
+    return {(r.base.op, r.base.variant): r.verdict.verdict for r in c.rows if r.ok}
+
+
+# ---- the statistics, against hand-computed cases ----
+
+def test_mann_whitney_separated_samples() -> None:
+    # ranks of new = 4, 5, 6 → U = 15 − 3·4/2 = 9 (all 9 pairs slower); σ² = 3·3/12 · 7 = 5.25
+    t = mann_whitney([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    assert t.u == 9
+    assert t.z == pytest.approx(4.5 / math.sqrt(5.25))
+    assert t.p == pytest.approx(0.04953, abs=1e-5)
+    swapped = mann_whitney([4.0, 5.0, 6.0], [1.0, 2.0, 3.0])
+    assert (swapped.u, swapped.z, swapped.p) == (0, -t.z, t.p)
+
+
+def test_mann_whitney_ties() -> None:
+    # sorted 1, 2, 2, 2, 3, 4: the three 2s share rank 3; new = {2, 3, 4} → R = 3 + 5 + 6, U = 14 − 6 = 8
+    # tie correction: σ² = 9/12 · (7 − (3³ − 3) / (6 · 5)) = 4.65
+    t = mann_whitney([1.0, 2.0, 2.0], [2.0, 3.0, 4.0])
+    assert t.u == 8
+    assert t.z == pytest.approx(3.5 / math.sqrt(4.65))
+    assert t.p == pytest.approx(math.erfc(3.5 / math.sqrt(4.65) / math.sqrt(2)))
+    assert t.p == pytest.approx(0.1046, abs=1e-4)
+    assert mann_whitney([2.0, 2.0], [2.0, 2.0, 2.0]).p == 1.0  # all tied: no evidence at all
+
+
+def test_bootstrap_ratio_ci_small_cases() -> None:
+    assert bootstrap_ratio_ci([1.0, 1.0, 1.0], [2.0, 2.0, 2.0]) == (2.0, 2.0)
+    # 3 samples: a resample's median is the smallest value with probability 7/27, so each extreme ratio
+    # (1.2·1/3 and 1.2·3/1) has probability (7/27)² ≈ 6.7 % > 2.5 %: the 95 % CI is exactly [0.4, 3.6]
+    low, high = bootstrap_ratio_ci([1.0, 2.0, 3.0], [1.2, 2.4, 3.6])
+    assert (low, high) == (pytest.approx(0.4), pytest.approx(3.6))
+    assert bootstrap_ratio_ci([1.0, 2.0, 3.0], [1.2, 2.4, 3.6]) == (low, high)  # fixed seed
+
+
+def test_judge_rules() -> None:
+    base = [1.00, 1.01, 0.99, 1.02, 0.98, 1.00, 1.01]
+    assert judge(base, [x * 1.2 for x in base], 0.05).verdict == "SLOWER"
+    assert judge([x * 1.2 for x in base], base, 0.05).verdict == "FASTER"  # swapping swaps the verdict
+    assert judge(base, base, 0.05).verdict == "SAME"
+    assert judge(base, [x * 1.02 for x in base], 0.05).verdict == "SAME"  # real but below the threshold
+    assert judge(base, [x * 1.2 for x in base], 0.25).verdict in ("SAME", "AMBIGUOUS")
+    assert judge(base[:2], [x * 2 for x in base[:2]], 0.05).verdict == "AMBIGUOUS"  # < 3 samples
+    noisy = judge(base, [0.8, 1.3, 0.9, 1.25, 1.1, 0.85, 1.2], 0.05)
+    assert noisy.verdict == "AMBIGUOUS" and "not significant" in noisy.reason
+
+
+# ---- verdicts on real files ----
+
+def test_a_a_is_same(real_files: list[Path]) -> None:
+    for path in real_files:
+        (c,) = compare_files([str(path), str(path)], 0.05)
+        for r in c.rows:
+            if not r.ok:
+                continue
+            precise = (r.base.rel_err or math.inf) <= 0.01  # the timer's own estimate of its precision
+            assert r.verdict.verdict == "SAME" if precise else r.verdict.verdict in ("SAME", "AMBIGUOUS"), \
+                (path, r.base.op, r.verdict)
+            assert r.verdict.ratio == 1.0
+
+
+def test_slowed_copy_is_slower_and_gates(real_files: list[Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    for i, base in enumerate(real_files):
+        slow = derived(base, tmp_path / f"slow{i}.json", time_factor=1.2)
+        found = verdicts(base, slow)
+        assert found and set(found.values()) == {"SLOWER"}, (base, found)
+        code, out, err = run_cli(capsys, base, slow, "--fail-on", "slower")
+        assert code == 1 and "SLOWER" in out and "SLOWER" in err
+        assert run_cli(capsys, base, slow)[0] == 0  # --fail-on none is the default
+
+
+def test_sped_up_copy_is_faster(real_files: list[Path], tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    for i, base in enumerate(real_files):
+        fast = derived(base, tmp_path / f"fast{i}.json", time_factor=1 / 1.2)
+        assert set(verdicts(base, fast).values()) == {"FASTER"}
+        assert run_cli(capsys, base, fast, "--fail-on", "slower")[0] == 0
+
+
+def test_noisy_overlapping_samples_are_never_slower(real_files: list[Path], tmp_path: Path) -> None:
+    for i, base in enumerate(real_files):
+        noisy = derived(base, tmp_path / f"noisy{i}.json", sample_factors=(1.08, 1 / 1.08))
+        assert set(verdicts(base, noisy).values()) <= {"SAME", "AMBIGUOUS"}
+
+
+def test_two_real_runs_align(cpu_runs: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    (c,) = compare_files([str(p) for p in cpu_runs], 0.05)
+    assert [r.base.key for r in c.rows] == [r.key for r in load(cpu_runs[0]).rows]
+    assert not c.only_in_base and not c.only_in_new
+    assert all(r.base.key == r.new.key for r in c.rows)
+    assert {r.verdict.verdict for r in c.rows} <= {"SLOWER", "FASTER", "SAME", "AMBIGUOUS", "UNMEASURED"}
+    code, out, _ = run_cli(capsys, *cpu_runs)
+    assert code == 0 and "geomean speedup" in out
+
+
+def test_rows_in_only_one_file_are_listed(cpu_runs: list[Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    base = cpu_runs[0]
+    fewer = derived(base, tmp_path / "fewer.json", drop_op="gelu")
+    (c,) = compare_files([str(base), str(fewer)], 0.05)
+    assert [r.op for r in c.only_in_base] == ["gelu"] and not c.only_in_new
+    assert "gelu" not in {r.base.op for r in c.rows}
+    (back,) = compare_files([str(fewer), str(base)], 0.05)
+    assert [r.op for r in back.only_in_new] == ["gelu"]
+    code, out, _ = run_cli(capsys, base, fewer)
+    assert code == 0 and "only in new" not in out
+    assert "only in base: gelu · torch (b1 s64 fp32 prefill)" in out
+    assert "<details><summary>1 rows in only one file</summary>" in to_markdown([c])
+
+
+def test_more_than_two_files_compare_each_to_the_first(cpu_runs: list[Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    slow = derived(cpu_runs[0], tmp_path / "slow.json", time_factor=1.2)
+    cs = compare_files([str(cpu_runs[0]), str(cpu_runs[0]), str(slow)], 0.05)
+    assert [c.new_path for c in cs] == [str(cpu_runs[0]), str(slow)]
+    assert not cs[0].slower and cs[1].slower
+    assert run_cli(capsys, cpu_runs[0], cpu_runs[0], slow, "--fail-on", "slower")[0] == 1
+
+
+def test_cross_device_gates_with_a_note(cpu_runs: list[Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    other = derived(cpu_runs[0], tmp_path / "other.json", time_factor=1.2,
+                    run_changes={"run.device.name": "Another CPU"})
+    code, _, err = run_cli(capsys, cpu_runs[0], other)
+    assert code == 0 and "different devices" in err
+    code, _, err = run_cli(capsys, cpu_runs[0], other, "--fail-on", "slower")
+    assert code == 1 and "gating anyway" in err
+
+
+def test_reference_runs_across_devices_are_informational(capsys: pytest.CaptureFixture[str]) -> None:
+    """H100 vs H200 of the same run (same folder name under each device): exit 0 by default, with a note."""
+    by_run: dict[str, list[Path]] = {}
+    for path in reference_results():
+        by_run.setdefault(path.parent.name, []).append(path)
+    pairs = [paths[:2] for paths in by_run.values() if len(paths) >= 2]
+    if not pairs:
+        pytest.skip("needs reference results of one run on two devices (reports/reference/<gpu>/<run>/)")
+    for base, new in pairs:
+        code, out, err = run_cli(capsys, base, new)
+        assert code == 0 and "geomean speedup" in out
+        if load(base).run["device"]["name"] != load(new).run["device"]["name"]:
+            assert "different devices" in err
+
+
+# ---- outputs ----
+
+def test_markdown_json_png_html(cpu_runs: list[Path], tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    md, js, png, html = (tmp_path / n for n in ("summary.md", "cmp.json", "cmp.png", "cmp.html"))
+    code, out, _ = run_cli(capsys, *cpu_runs, "--markdown", md, "--json", js, "--png", png, "--html", html)
+    assert code == 0
+    text = md.read_text()
+    header = "| op | variant | base time | new time | new/base | verdict | % roof base | % roof new | why |"
+    assert header in text
+    ok_ops = {r.op for r in load(cpu_runs[0]).ok_rows()}
+    for op in ok_ops:
+        assert f"| {op} | " in text
+    data = json.loads(js.read_text())
+    assert data["threshold"] == 0.05 and {r["op"] for r in data["comparisons"][0]["rows"]} >= ok_ops
+    assert png.read_bytes().startswith(b"\x89PNG")
+    page = html.read_text()
+    assert "data:image/png;base64," in page and "http://" not in page and "https://" not in page
+    code, out, _ = run_cli(capsys, *cpu_runs, "--json", "-")
+    assert code == 0 and json.loads(out)["comparisons"][0]["model"] == "gpt-7b"  # data only on stdout
+
+
+# ---- bad input: exit 2 and one line ----
+
+def second_file(case: str, base: Path, tmp_path: Path) -> Path:
+    """The NEW file of each bad-input case, derived from a real run."""
+    if case == "other model":
+        return derived(base, tmp_path / "m.json", run_changes={"run.config.name": "llama3-8b"})
+    if case == "other schema":
+        return derived(base, tmp_path / "s.json", run_changes={"schema_version": 2})
+    if case == "corrupt":
+        (tmp_path / "c.json").write_text("{not json")
+        return tmp_path / "c.json"
+    if case == "nothing in common":
+        data = json.loads(base.read_text())
+        for row in data["rows"]:
+            row["seq_len"] *= 2
+        (tmp_path / "n.json").write_text(json.dumps(data))
+        return tmp_path / "n.json"
+    return tmp_path / "missing.json"
+
+
+@pytest.mark.parametrize("case", ["one file", "threshold", "other model", "other schema", "missing",
+                                  "corrupt", "nothing in common"])
+def test_bad_input_exits_2(case: str, cpu_runs: list[Path], tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    base = cpu_runs[0]
+    args: list[object] = {"one file": [base], "threshold": [base, base, "--threshold", "5"]}.get(
+        case, [base, second_file(case, base, tmp_path)])
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2, (case, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("roofline: error:"), err
+    assert out == ""
+
+
+def test_align_keeps_the_first_of_repeated_keys(cpu_runs: list[Path]) -> None:
+    res = load(cpu_runs[0])
+    res.rows.append(res.rows[0])
+    c = align("a", "b", res, res, 0.05)
+    assert len(c.rows) == len({r.key for r in res.rows})
+
+
+# ---- the CI workflow ----
+
+def test_workflow_is_valid_yaml() -> None:
+    yaml = pytest.importorskip("yaml")
+    flow = yaml.safe_load((REPO / ".github/workflows/roofline.yml").read_text())
+    job = next(iter(flow["jobs"].values()))
+    assert job["runs-on"] == ["self-hosted", "gpu"]
+    steps = job["steps"]
+    commands = "\n".join(s.get("run", "") for s in steps)
+    assert "pip install -e ." in commands and "roofline profile --seq-len 8192 --out reports/ci" in commands
+    assert "--fail-on slower" in commands and "$GITHUB_STEP_SUMMARY" in commands
+    upload = next(s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact"))
+    assert upload["if"] == "always()" and upload["with"]["path"] == "reports/ci"

@@ -1,0 +1,286 @@
+"""Plots and the HTML report, rendered from REAL results: the committed GPU references under reports/reference/
+when they exist, else one small CPU profile made by the tool itself once per session."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from xml.etree import ElementTree
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from roofline import plot, report, results
+from roofline.fusion import block_time_split, summarize
+from roofline.results import Results
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reports" / "reference"
+PROFILE_OPS = "layernorm,attention,softmax,qk_t,attn_v,residual_dropout_norm,dropout,residual_add"
+_made: list[Path] = []  # the session's CPU profile, shared with test_report_browser.py
+
+
+def reference_results() -> list[Path]:
+    """Committed results measured on real GPUs (e.g. reports/reference/h100/gpt-7b-s8192/results.json)."""
+    return sorted(REFERENCE_DIR.glob("**/results.json"))
+
+
+def real_results_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    found = reference_results()
+    if found:
+        return found
+    if not _made:
+        out = tmp_path_factory.mktemp("report-profile")
+        code, _, err = run_cli(["profile", "--seq-len", "64", "--ops", PROFILE_OPS, "--out", str(out),
+                                "--no-plots", "--budget", "0.05"])
+        assert code == 0, err
+        _made.append(out / "results.json")
+    return list(_made)
+
+
+@pytest.fixture(scope="session")
+def results_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return real_results_files(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def loaded(results_files: list[Path]) -> list[Results]:
+    return [results.load(p) for p in results_files]
+
+
+@pytest.fixture(scope="session")
+def rendered(loaded: list[Results], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """The first run rendered once: (folder, paths written)."""
+    out = tmp_path_factory.mktemp("report")
+    return out, report.render_all(loaded[:1], out)
+
+
+def test_render_all_writes_every_file(rendered: tuple[Path, list[Path]]) -> None:
+    out, paths = rendered
+    names = {"roofline.png", "roofline.svg", "time_split.png", "time_split.svg", "report.html"}
+    assert {p.name for p in paths} == names
+    assert all((out / n).stat().st_size > 10_000 for n in names)
+
+
+@pytest.mark.parametrize("name", ["roofline.png", "time_split.png"])
+def test_png_is_a_real_picture(rendered: tuple[Path, list[Path]], name: str) -> None:
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(rendered[0] / name)[..., :3]
+    height, width = pixels.shape[:2]
+    assert width >= 1200 and height >= 500
+    colours = np.unique((pixels.reshape(-1, 3) * 255).astype(np.uint8), axis=0)
+    assert len(colours) > 50  # roofs, points, shading, text: not a flat image
+    inked = float(np.mean(np.any(pixels < 0.97, axis=-1)))
+    assert 0.03 < inked < 0.9
+
+
+@pytest.mark.parametrize("name", ["roofline.svg", "time_split.svg"])
+def test_svg_parses(rendered: tuple[Path, list[Path]], name: str) -> None:
+    root = ElementTree.parse(rendered[0] / name).getroot()
+    assert root.tag.endswith("svg")
+    assert len(list(root.iter())) > 100
+
+
+class _Collector(HTMLParser):
+    """Every tag's attributes, and the cell texts of each row of the ops table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attrs: list[tuple[str, dict[str, str]]] = []
+        self.op_rows: list[list[str]] = []
+        self.styles: list[str] = []
+        self._in_ops = self._in_cell = self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        self.attrs.append((tag, a))
+        if tag == "table":
+            self._in_ops = "ops" in a.get("class", "").split()
+        elif tag == "tr" and self._in_ops:
+            self.op_rows.append([])
+        elif tag == "td" and self._in_ops:
+            self._in_cell = True
+            self.op_rows[-1].append("")
+        self._in_style = tag == "style"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td":
+            self._in_cell = False
+        elif tag == "table":
+            self._in_ops = False
+        elif tag == "style":
+            self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_cell:
+            self.op_rows[-1][-1] += data
+        if self._in_style:
+            self.styles.append(data)
+
+
+def _parse(html: str) -> _Collector:
+    collector = _Collector()
+    collector.feed(html)
+    return collector
+
+
+def test_html_lists_every_row(rendered: tuple[Path, list[Path]], loaded: list[Results]) -> None:
+    page = _parse((rendered[0] / "report.html").read_text())
+    shown = {(cells[1].split(" ×")[0].strip(), cells[2].replace("⚡", "").strip()) for cells in page.op_rows if cells}
+    assert shown == {(r.op, r.variant) for r in loaded[0].rows}
+    html = (rendered[0] / "report.html").read_text()
+    for f in summarize(loaded[0]):
+        assert f.fused_variant in html and " → ".join(f.chain_ops) in html
+
+
+def test_html_is_self_contained(rendered: tuple[Path, list[Path]]) -> None:
+    html = (rendered[0] / "report.html").read_text()
+    page = _parse(html)
+    for tag, attrs in page.attrs:
+        for name in ("src", "href", "srcset", "poster", "action", "data", "xlink:href"):
+            value = attrs.get(name, "").strip()
+            assert not re.match(r"(https?:)?//", value, re.I), f"<{tag} {name}={value[:60]}> reaches the network"
+            assert not (tag == "img" and name == "src" and not value.startswith("data:image/")), "image not embedded"
+        assert not (tag == "script" and "src" in attrs) and not (tag == "link" and attrs.get("rel") == "stylesheet")
+    css = "".join(page.styles)
+    assert "@import" not in css and not re.search(r"url\(\s*['\"]?(?!data:)", css)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
+    assert sum(tag == "img" for tag, _ in page.attrs) == 2
+    assert "default-src 'none'" in html  # the CSP: the browser itself refuses any request
+
+
+def test_time_split_matches_fusion_module(loaded: list[Results]) -> None:
+    """Before = fusion.block_time_split's unfused block; after = each chain swapped for its fastest fused variant."""
+    for res in loaded:
+        before, after = plot.block_before_after(res)
+        split = block_time_split(res)
+        for bound in ("compute", "memory"):
+            assert sum(o.time_s for o in before if o.bound == bound) == pytest.approx(split[bound])
+        fused = {f.group: min(x.fused_time_s for x in summarize(res) if x.group == f.group) for f in summarize(res)}
+        after_ops = {o.op for o in after}
+        for group, best in fused.items():
+            if group in after_ops:
+                entry = next(o for o in after if o.op == group)
+                assert entry.time_s == pytest.approx(best * res.find(group, entry.variant).per_block)  # type: ignore
+                chain = next(f.chain_ops for f in summarize(res) if f.group == group)
+                assert not set(chain) - {group} & after_ops
+
+
+def _label_boxes(fig: object) -> list[tuple[str, tuple[float, float, float, float]]]:
+    from matplotlib.text import Annotation
+
+    ax = fig.axes[0]  # type: ignore[attr-defined]
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    boxes = []
+    for child in ax.get_children():
+        if isinstance(child, Annotation) and child.get_text():
+            e = child.get_window_extent(renderer)
+            boxes.append((child.get_text(), (e.x0, e.y0, e.x1, e.y1)))
+    return boxes
+
+
+def test_roofline_labels_do_not_overlap(loaded: list[Results]) -> None:
+    fig = plot.roofline_figure(loaded[:1])
+    fig.canvas.draw()
+    boxes = _label_boxes(fig)
+    labelled = " ".join(text for text, _ in boxes)
+    assert all(r.op in labelled for r in loaded[0].ok_rows())
+    for i, (a_text, a) in enumerate(boxes):
+        for b_text, b in boxes[i + 1:]:
+            overlap_w = min(a[2], b[2]) - max(a[0], b[0])
+            overlap_h = min(a[3], b[3]) - max(a[1], b[1])
+            assert overlap_w <= 1 or overlap_h <= 1, f"labels {a_text!r} and {b_text!r} overlap"
+
+
+def _slower_copy(res: Results, factor: float, device: str) -> Results:
+    """A derived copy of a real run (every time × factor, another device name): an overlay partner."""
+    other = Results(run=copy.deepcopy(res.run), rows=copy.deepcopy(res.rows))
+    other.run["device"]["name"] = device  # type: ignore[index]
+    for r in other.rows:
+        if r.status == "ok":
+            for name in ("time_median_s", "time_p20_s", "time_p80_s"):
+                setattr(r, name, getattr(r, name) * factor)
+            r.flops_per_s, r.bytes_per_s = r.flops_per_s / factor, r.bytes_per_s / factor  # type: ignore[operator]
+    return other
+
+
+def test_overlay_of_two_runs(loaded: list[Results], tmp_path: Path) -> None:
+    runs = [loaded[0], _slower_copy(loaded[0], 2.0, "Slower twin")]
+    labels = plot.run_labels(runs)
+    assert len(set(labels)) == 2 and "Slower twin" in labels[1]
+    fig = plot.roofline_figure(runs)
+    legend_texts = {t.get_text() for legend in fig.legends for t in legend.get_texts()}
+    assert set(labels) <= legend_texts
+    paths = report.render_all(runs, tmp_path, png=False, svg=False)
+    assert [p.name for p in paths] == ["report.html"]
+    html = paths[0].read_text()
+    assert all(label in html for label in labels)
+
+
+def test_render_all_refuses_a_run_with_nothing_measured(loaded: list[Results], tmp_path: Path) -> None:
+    empty = Results(run=loaded[0].run, rows=[r for r in loaded[0].rows if r.status != "ok"])
+    with pytest.raises(results.RooflineError, match="nothing to plot"):
+        report.render_all([empty], tmp_path)
+
+
+# The `roofline report` command ------------------------------------------------------------------------------
+
+
+def test_report_command_renders(results_files: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from roofline.cli import main
+
+    assert main(["report", str(results_files[0]), "--no-png", "--out", str(tmp_path / "r")]) == 0
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["report.html", "roofline.svg", "time_split.svg"]
+    assert "Wrote" in capsys.readouterr().err
+
+
+def test_report_command_defaults_to_the_results_folder(results_files: list[Path], tmp_path: Path) -> None:
+    from roofline.cli import main
+
+    target = tmp_path / "results.json"
+    target.write_text(results_files[0].read_text())
+    assert main(["report", str(target), "--no-png", "--no-svg"]) == 0
+    assert (tmp_path / "report.html").is_file() and not (tmp_path / "roofline.png").exists()
+
+
+def _bad_files(real: Path) -> dict[str, str]:
+    data = json.loads(real.read_text())
+    old = {**data, "schema_version": 0}
+    no_rows = {**data, "rows": []}
+    nothing_ok = {**data, "rows": [{**r, "status": "skipped", "note": "test"} for r in data["rows"]]}
+    return {"corrupt.json": "{not json", "old.json": json.dumps(old), "norows.json": json.dumps(no_rows),
+            "skipped.json": json.dumps(nothing_ok)}
+
+
+@pytest.mark.parametrize("name", ["missing.json", "corrupt.json", "old.json", "norows.json", "skipped.json"])
+def test_report_command_bad_input_is_one_line_exit_2(results_files: list[Path], tmp_path: Path, name: str,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from roofline.cli import main
+
+    monkeypatch.chdir(tmp_path)  # short relative paths: the message is about the file, not the temp folder
+    for file_name, text in _bad_files(results_files[0]).items():
+        Path(file_name).write_text(text)
+    capsys.readouterr()
+    assert main(["report", name]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("roofline: error:"), captured.err
+    assert "Traceback" not in captured.err + captured.out and name in lines[0]
+    assert not Path("report.html").exists()
+
+
+def test_report_help_and_light_import() -> None:
+    """`roofline --help` must not pay for matplotlib or jinja2: they load inside the functions."""
+    import subprocess
+    import sys
+
+    code = "import sys, roofline.cli; print(sorted(m for m in ('matplotlib', 'jinja2') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    code, stdout, _ = run_cli(["report", "--help"])
+    assert code == 0 and "--no-html" in stdout and "RESULTS.json" in stdout
