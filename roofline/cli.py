@@ -121,6 +121,10 @@ def profile(
     run = measure.run_metadata(config, dev, roofs, settings, _argv,
                                measured.to_dict() if measured else None)
     res = results.Results(run=run)
+    others = run["clocks_at_start"].get("other_processes")  # type: ignore[union-attr]
+    if others:
+        warn(f"{others} other process(es) are using {dev.name}: timings may be disturbed")
+        run["warnings"].append(f"{others} other process(es) used the GPU at start")  # type: ignore[union-attr]
 
     def on_row(row: results.Row) -> None:
         res.rows.append(row)

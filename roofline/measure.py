@@ -91,13 +91,14 @@ def measure(op: Op, variant: Variant, c: BlockConfig, info: DeviceInfo, roofs: R
     """Measure one variant; never raises for the variant's own failures (they become the row's status)."""
     row = base_row(op, variant, c)
     reason = variant.requires(c, info.torch_device)
-    if reason is None and c.dtype == "fp8":
-        reason = "no fp8 path for this op yet"
+    if reason is None and c.dtype not in variant.dtypes:
+        reason = f"no {c.dtype} path in this variant"
     if reason:
         return _finish(row, "skipped", reason)
     need, free = predicted_bytes(op, variant, c), free_memory_bytes(info)
     if need > free:
         return _finish(row, "skipped", f"would need {need / 1e9:.1f} GB, {free / 1e9:.1f} GB free")
+    t0 = time.perf_counter()
     try:
         _measure_into(row, op, variant, c, info, roofs, timer, settings, index)
     except Unsupported as exc:
@@ -110,9 +111,11 @@ def measure(op: Op, variant: Variant, c: BlockConfig, info: DeviceInfo, roofs: R
         first_line = (str(exc).strip().splitlines() or [""])[0][:200]
         _finish(row, "failed", f"{type(exc).__name__}: {first_line}")
     finally:
-        gc.collect()
+        if row.status != "ok":
+            gc.collect()  # a traceback's frames may still hold the inputs (gc costs ~0.1 s, so only here)
         if info.kind == "cuda":
             torch.cuda.empty_cache()
+    row.measure_s = time.perf_counter() - t0
     return row
 
 

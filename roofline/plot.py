@@ -1,13 +1,12 @@
-"""Roofline plots from saved Results: where each op sits under the device's roofs, and where the block's time goes.
+"""The roofline plot from saved Results (rendering never measures): where each op sits under the device's roofs.
 
-Two figures, drawn from Results only (rendering never measures):
 - roofline: log-log, intensity (FLOP per byte of compulsory traffic) against achieved FLOP/s. One memory roof
   (y = bandwidth × intensity) and one compute roof per unit and dtype the run used; datasheet roofs solid,
   measured roofs dashed, each labelled with its value and its ridge point (peak / bandwidth) marked. Every op
   is a point (colour = group, marker = variant); an arrow goes from each unfused chain (summed FLOPs over
   summed bytes, at summed time) to each fused variant that replaces it, labelled with the speedup.
-- time split: seconds per block of each op (× per_block), coloured compute- vs memory-bound, before fusion
-  (every plain op at its baseline variant) and after (each fusion chain replaced by its best fused variant).
+- the colours, markers and run names every figure and the HTML report share; time_split.py draws the
+  second figure (time per op before/after fusion), plot_labels.py places the labels.
 
 Several Results overlay: one marker fill per run, the roofs of each distinct device. matplotlib is imported
 inside the functions, so importing this module (and `roofline --help`) stays fast.
@@ -22,19 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from roofline import fmt, model
-from roofline.fusion import FusionResult, _baseline, groups, summarize
-from roofline.plot_labels import (
-    Label,
-    Obstacle,
-    axes_bounds,
-    centred_box,
-    choose,
-    line_obstacles,
-    place_labels,
-    point_obstacles,
-    rotated_boxes,
-    text_size,
-)
+from roofline.fusion import FusionResult, summarize
+from roofline.plot_labels import Label, Obstacle, flat_label, line_obstacles, place_labels, point_obstacles, slope_label
 from roofline.results import Results
 
 if TYPE_CHECKING:
@@ -82,11 +70,12 @@ def run_labels(results_list: list[Results]) -> list[str]:
     fields: list[Callable[[Results], str]] = [
         lambda r: str(_device(r).get("name", "?")), lambda r: str(cfg(r).get("name")),
         lambda r: str(cfg(r).get("mode")), lambda r: f"batch {cfg(r).get('batch')}",
-        lambda r: f"seq {cfg(r).get('seq_len')}", lambda r: f"kv {cfg(r).get('kv_len')}",
+        lambda r: f"seq {cfg(r).get('seq_len')}",
+        lambda r: f"kv {cfg(r).get('kv_len')}" if cfg(r).get("mode") == "decode" else "",
         lambda r: str(cfg(r).get("dtype")),
     ]
     differing = [f for f in fields if len({f(r) for r in results_list}) > 1]
-    labels = [" · ".join(f(r) for f in differing) for r in results_list]
+    labels = [" · ".join(f(r) for f in differing if f(r)) for r in results_list]
     if len(set(labels)) < len(labels):
         labels = [f"run {i + 1} ({r.run.get('started_at', '?')})" for i, r in enumerate(results_list)]
     return labels
@@ -137,49 +126,12 @@ def roof_name(key: str, device_kind: str = "cuda") -> str:
     return f"{dtype} CUDA cores" if device_kind == "cuda" else f"{dtype} vector"
 
 
-@dataclass(frozen=True)
-class BlockOp:
-    """One op's share of a block: seconds per block (time per call × per_block)."""
-
-    op: str
-    variant: str
-    label: str
-    time_s: float
-    bound: str
-
-
-def block_before_after(results: Results) -> tuple[list[BlockOp], list[BlockOp]]:
-    """The block's ops before fusion (each plain op at its baseline variant, as fusion.block_time_split counts
-    them) and after (each fusion chain replaced by its fastest fused variant; a longer chain claims its ops
-    first, so attention's fused variants replace softmax before softmax's own fused kernel would)."""
-    fused_ops = {g.fused_op for g in groups() if g.chain != (g.fused_op,)}
-    before: dict[str, BlockOp] = {}
-    for op in dict.fromkeys(r.op for r in results.rows):
-        row = _baseline(results, op)
-        if op not in fused_ops and row and row.bound in BOUND_COLORS:
-            label = op + (f" ×{row.per_block}" if row.per_block > 1 else "")
-            before[op] = BlockOp(op, row.variant, label, (row.time_median_s or 0.0) * row.per_block, row.bound)
-    best: dict[str, FusionResult] = {}
-    for f in summarize(results):
-        if f.group not in best or f.fused_time_s < best[f.group].fused_time_s:
-            best[f.group] = f
-    after = dict(before)
-    for f in sorted(best.values(), key=lambda f: -len(f.chain_ops)):
-        row = results.find(f.group, f.fused_variant)
-        if row is None or not all(op in after and after[op].op == op for op in f.chain_ops):
-            continue
-        label = f"{f.group} · {f.fused_variant}" + (f" ×{row.per_block}" if row.per_block > 1 else "")
-        fused = BlockOp(f.group, f.fused_variant, label, f.fused_time_s * row.per_block, row.bound)
-        after = {k: (fused if k == f.chain_ops[0] else v) for k, v in after.items() if k not in f.chain_ops[1:]}
-    return list(before.values()), list(after.values())
-
-
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float, layout: str | None = None) -> Figure:
     """A pyplot-free figure on the Agg canvas: no global state, no display needed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=100, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -215,7 +167,7 @@ def roofline_figure(results_list: list[Results]) -> Figure:
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    fig = _new_figure(12.5, 7.4)
+    fig = new_figure(12.5, 7.4)
     ax = fig.add_axes((0.075, 0.085, 0.68, 0.84))
     labels = run_labels(results_list)
     title = describe_run(results_list[0]) if len(results_list) == 1 else " vs ".join(labels)
@@ -245,7 +197,7 @@ def roofline_figure(results_list: list[Results]) -> Figure:
     taken += _shade_regions(ax, results_list[0], xlim, ylim)
     ridge_labels = _draw_roofs(ax, all_roofs, xlim, ylim, taken, str(_device(results_list[0]).get("kind", "cuda")))
     point_labels = _draw_points(ax, points, results_list)
-    speedup_labels, arrow_paths = _draw_fusions(ax, chains)
+    speedup_labels, arrow_paths = _draw_fusions(ax, chains, labels)
     place_labels(ax, speedup_labels + point_labels + ridge_labels, taken + line_obstacles(ax, arrow_paths))
 
     handles = [Line2D([], [], linestyle="none", label="group")]
@@ -350,7 +302,7 @@ def _draw_roofs(ax: Axes, all_roofs: list[Roof], xlim: tuple[float, float], ylim
         ax.plot([roof.ridge], [roof.peak_flops], marker="D", markersize=5, color=color, zorder=3,
                 markerfacecolor="white" if roof.source == "measured" else color)
         text = f"{prefix}{roof_name(roof.key, device_kind)} {fmt.flops_rate(roof.peak_flops)} ({roof.source})"
-        _flat_label(ax, text, color, (roof.ridge, xlim[1]), roof.peak_flops, above, taken)
+        flat_label(ax, text, color, (roof.ridge, xlim[1]), roof.peak_flops, above, taken)
         ridge_labels.append(Label(roof.ridge, roof.peak_flops, f"ridge {roof.ridge:.3g} FLOP/B", color=color,
                                   size=7))
         memory_key = (roof.device, roof.source, roof.bandwidth)
@@ -361,54 +313,15 @@ def _draw_roofs(ax: Axes, all_roofs: list[Roof], xlim: tuple[float, float], ylim
         x0 = max(xlim[0], ylim[0] / roof.bandwidth)
         ax.plot([x0, top / roof.bandwidth], [x0 * roof.bandwidth, top], color=color, linestyle=dashes,
                 linewidth=1.6, zorder=2)
-        _slope_label(ax, f"{prefix}memory {fmt.bandwidth(roof.bandwidth)} ({roof.source})", color, roof.bandwidth,
+        slope_label(ax, f"{prefix}memory {fmt.bandwidth(roof.bandwidth)} ({roof.source})", color, roof.bandwidth,
                      (x0, top / roof.bandwidth), above, taken)
     return ridge_labels
 
 
-def _flat_label(ax: Axes, text: str, color: str, span: tuple[float, float], y: float, above: bool,
-                taken: list[Obstacle]) -> None:
-    """A label just above (or below) a horizontal roof, slid leftwards from its right end until it is free,
-    then tried on the other side of the line."""
-    width, height = text_size(ax, text, fontsize=8.5)
-    left, right = (ax.transData.transform((x, y))[0] for x in span)
-    line_y = ax.transData.transform((span[1], y))[1]
-    xs = [right - 6 - width / 2 - 12 * k for k in range(int(max(right - left - width - 12, 0) / 12) + 1)]
-    centres = [(x, line_y + (height / 2 + 3) * side) for side in ((1, -1) if above else (-1, 1)) for x in xs]
-    boxes = [[centred_box(cx, cy, width, height)] for cx, cy in centres]
-    i = choose(boxes, taken, axes_bounds(ax))
-    taken.append((boxes[i][0], 1.0))
-    x, y_data = ax.transData.inverted().transform(centres[i])
-    ax.text(x, y_data, text, color=color, ha="center", va="center", fontsize=8.5, zorder=4)
-
-
-def _slope_label(ax: Axes, text: str, color: str, bandwidth: float, span: tuple[float, float], above: bool,
-                 taken: list[Obstacle]) -> None:
-    """A label along the diagonal memory roof, rotated to its on-screen slope, at the first free spot."""
-    width, height = text_size(ax, text, fontsize=8.5)
-    p0 = ax.transData.transform((span[0], span[0] * bandwidth))
-    p1 = ax.transData.transform((span[1], span[1] * bandwidth))
-    angle = math.degrees(math.atan2(p1[1] - p0[1], p1[0] - p0[0]))
-    length = math.hypot(p1[0] - p0[0], p1[1] - p0[1])
-    normal = (-math.sin(math.radians(angle)), math.cos(math.radians(angle)))
-    shift = 3 if above else -(3 + height)
-    starts = []
-    for frac in (0.1, 0.16, 0.05, 0.22, 0.28, 0.34, 0.4, 0.46, 0.52, 0.58):
-        if frac * length + width < length:
-            t = frac * length
-            starts.append((p0[0] + (p1[0] - p0[0]) * t / length + normal[0] * shift,
-                           p0[1] + (p1[1] - p0[1]) * t / length + normal[1] * shift))
-    starts = starts or [(p0[0] + normal[0] * shift, p0[1] + normal[1] * shift)]
-    boxes = [rotated_boxes(x, y, angle, width, height) for x, y in starts]
-    i = choose(boxes, taken, axes_bounds(ax))
-    taken += [(box, 1.0) for box in boxes[i]]
-    x, y = ax.transData.inverted().transform(starts[i])
-    ax.text(x, y, text, color=color, rotation=angle, rotation_mode="anchor", ha="left", va="bottom",
-            fontsize=8.5, zorder=4)
-
-
 def _draw_points(ax: Axes, points: list[Point], results_list: list[Results]) -> list[Label]:
-    labels = []
+    """One marker per measured row; each (op, variant) labelled once, at its first run, and joined by a thin
+    line to the same row in later runs (so an overlay reads as 'this op moved from here to there')."""
+    labels, first = [], {}
     for row, x, y, i in points:
         style = RUN_STYLES[i % len(RUN_STYLES)]
         color = group_color(row.group)
@@ -417,78 +330,34 @@ def _draw_points(ax: Axes, points: list[Point], results_list: list[Results]) -> 
         ax.scatter([x], [y], s=size, marker=marker, zorder=5, alpha=style["alpha"], linewidths=1.2,
                    facecolors=color if style["filled"] else "white", edgecolors=color if not style["filled"]
                    else "#222222")
+        if (row.op, row.variant) in first:
+            ax.plot([first[row.op, row.variant][0], x], [first[row.op, row.variant][1], y], color=color,
+                    linewidth=0.8, linestyle=":", alpha=0.7, zorder=3)
+            continue
+        first[row.op, row.variant] = (x, y)
         several = sum(r.op == row.op for r in results_list[i].ok_rows()) > 1
         labels.append(Label(x, y, row.op + (f" · {row.variant}" if several else ""), color="#222222"))
     return labels
 
 
-def _draw_fusions(ax: Axes, chains: list[Chain]) -> tuple[list[Label], list[list[tuple[float, float]]]]:
-    """Arrows unfused chain → fused variant; returns the speedup labels and the arrows' data paths."""
+def _draw_fusions(ax: Axes, chains: list[Chain], run_names: list[str]) -> tuple[list[Label], list[list[Any]]]:
+    """Arrows unfused chain → fused variant; returns the speedup labels and the arrows' data paths.
+    With several runs each speedup names its run, and each chain is labelled at its first run only."""
     from matplotlib.patches import FancyArrowPatch
 
     labels, paths, drawn = [], [], set()
     for f, start, row, i in chains:
         end, color = (row.intensity, row.flops_per_s), group_color(row.group)
         if len(f.chain_ops) > 1 and (f.group, i) not in drawn:
-            drawn.add((f.group, i))
             ax.scatter([start[0]], [start[1]], s=MARKER_AREA, marker="X", facecolors="white", edgecolors=color,
-                       linewidths=1.4, zorder=5)
-            labels.append(Label(*start, "unfused " + "+".join(f.chain_ops), color="#444444"))
+                       linewidths=1.4, zorder=5, alpha=RUN_STYLES[i % len(RUN_STYLES)]["alpha"])
+            if not any(g == f.group for g, _ in drawn):
+                labels.append(Label(*start, "unfused " + "+".join(f.chain_ops), color="#444444"))
+            drawn.add((f.group, i))
         ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=11, color="#555555",
-                                     linewidth=1.1, shrinkA=5, shrinkB=6, zorder=4, alpha=0.85))
+                                     linewidth=1.1, shrinkA=5, shrinkB=6, zorder=4, alpha=0.85 if i == 0 else 0.5))
         mid = (math.sqrt(start[0] * end[0]), math.sqrt(start[1] * end[1]))
-        good = f.speedup >= 1
-        labels.append(Label(*mid, f"{fmt.ratio(f.speedup)} {f.fused_variant}", bold=True,
-                            color=SPEEDUP_GOOD if good else SPEEDUP_BAD))
+        text = f"{fmt.ratio(f.speedup)} {f.fused_variant}" + (f" ({run_names[i]})" if len(run_names) > 1 else "")
+        labels.append(Label(*mid, text, bold=True, color=SPEEDUP_GOOD if f.speedup >= 1 else SPEEDUP_BAD))
         paths.append([start, end])
     return labels, paths
-
-
-def time_split_figure(results_list: list[Results]) -> Figure:
-    """Seconds per block of each op, before and after fusion, bars coloured compute- vs memory-bound."""
-    from matplotlib.patches import Patch
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
-
-    blocks = [block_before_after(r) for r in results_list]
-    labels = run_labels(results_list)
-    heights = [max(len(b), len(a), 1) * 0.27 + 1.0 for b, a in blocks]
-    fig = _new_figure(12.5, sum(heights) + 0.9)
-    grid = fig.add_gridspec(len(blocks), 2, height_ratios=heights, left=0.17, right=0.97, wspace=0.55,
-                            hspace=0.55, top=1 - 0.75 / (sum(heights) + 0.9), bottom=0.45 / (sum(heights) + 0.9))
-    for i, ((before, after), label) in enumerate(zip(blocks, labels, strict=True)):
-        longest = max([o.time_s for o in before + after] or [1.0])
-        rows = max(len(before), len(after), 1)
-        speedup = sum(o.time_s for o in before) / (sum(o.time_s for o in after) or float("nan"))
-        run_name = describe_run(results_list[i]) if len(results_list) == 1 else label
-        for j, (name, ops) in enumerate((("Before fusion", before), ("After fusion", after))):
-            ax = fig.add_subplot(grid[i, j])
-            total = sum(o.time_s for o in ops) or float("nan")
-            compute = sum(o.time_s for o in ops if o.bound == "compute")
-            ax.barh(range(len(ops)), [o.time_s for o in ops], color=[BOUND_COLORS[o.bound] for o in ops],
-                    height=0.68, zorder=2)
-            ax.set_yticks(range(len(ops)), [o.label for o in ops], fontsize=8.5)
-            for tick, o in zip(ax.get_yticklabels(), ops, strict=True):
-                tick.set_fontweight("bold" if o not in before else "normal")  # a fused variant that replaced a chain
-            ax.set_ylim(rows - 0.5, -0.5)  # same bar thickness in both panels
-            ax.set_xlim(0, longest * 1.3)
-            for k, o in enumerate(ops):
-                ax.text(o.time_s + longest * 0.01, k, f"{fmt.seconds(o.time_s)}  {100 * o.time_s / total:.0f} %",
-                        va="center", fontsize=7.5, color="#333333")
-            ax.xaxis.set_major_locator(MaxNLocator(5))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.seconds(v) if v else "0"))
-            ax.tick_params(axis="x", labelsize=8)
-            ax.grid(True, axis="x", color="#e4e4e4", linewidth=0.6, zorder=0)
-            for side in ("top", "right"):
-                ax.spines[side].set_visible(False)
-            head = f"{name}: {fmt.seconds(total)} per block, {100 * compute / total:.0f} % compute-bound"
-            if j == 1:
-                head = head.replace(" per block,", f" per block ({fmt.ratio(speedup)} faster),")
-            ax.set_title(head if len(results_list) == 1 else f"{label} · {head}", loc="left", fontsize=10,
-                         fontweight="bold")
-        if i == 0:
-            fig.suptitle(f"Time per block · {run_name}" if len(results_list) == 1 else "Time per block",
-                         x=0.01, ha="left", fontsize=12, fontweight="bold")
-    fig.legend(handles=[Patch(color=COMPUTE_COLOR, label="compute-bound"),
-                        Patch(color=MEMORY_COLOR, label="memory-bound")], loc="upper right", ncols=2,
-               frameon=False, fontsize=9, bbox_to_anchor=(0.99, 1 - 0.1 / (sum(heights) + 0.9)))
-    return fig

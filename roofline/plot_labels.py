@@ -168,3 +168,44 @@ def place_labels(ax: Axes, labels: Sequence[Label], obstacles: Sequence[Obstacle
                     textcoords="offset points", ha="center", va="center", color=label.color, zorder=6,
                     bbox={"boxstyle": "square,pad=0.08", "facecolor": "white", "edgecolor": "none", "alpha": 0.75},
                     arrowprops=leader if radius > LEADER_FROM_PX else None, annotation_clip=False, **style)
+
+
+def flat_label(ax: Axes, text: str, color: str, span: tuple[float, float], y: float, above: bool,
+                taken: list[Obstacle]) -> None:
+    """A label just above (or below) a horizontal roof, slid leftwards from its right end until it is free,
+    then tried on the other side of the line."""
+    width, height = text_size(ax, text, fontsize=8.5)
+    left, right = (ax.transData.transform((x, y))[0] for x in span)
+    line_y = ax.transData.transform((span[1], y))[1]
+    xs = [right - 6 - width / 2 - 12 * k for k in range(int(max(right - left - width - 12, 0) / 12) + 1)]
+    centres = [(x, line_y + (height / 2 + 3) * side) for side in ((1, -1) if above else (-1, 1)) for x in xs]
+    boxes = [[centred_box(cx, cy, width, height)] for cx, cy in centres]
+    i = choose(boxes, taken, axes_bounds(ax))
+    taken.append((boxes[i][0], 1.0))
+    x, y_data = ax.transData.inverted().transform(centres[i])
+    ax.text(x, y_data, text, color=color, ha="center", va="center", fontsize=8.5, zorder=4)
+
+
+def slope_label(ax: Axes, text: str, color: str, slope: float, span: tuple[float, float], above: bool,
+                 taken: list[Obstacle]) -> None:
+    """A label along the line y = slope·x (a memory roof), rotated to its on-screen angle, at the first free spot."""
+    width, height = text_size(ax, text, fontsize=8.5)
+    p0 = ax.transData.transform((span[0], span[0] * slope))
+    p1 = ax.transData.transform((span[1], span[1] * slope))
+    angle = math.degrees(math.atan2(p1[1] - p0[1], p1[0] - p0[0]))
+    length = math.hypot(p1[0] - p0[0], p1[1] - p0[1])
+    normal = (-math.sin(math.radians(angle)), math.cos(math.radians(angle)))
+    shift = 3 if above else -(3 + height)
+    starts = []
+    for frac in (0.1, 0.16, 0.05, 0.22, 0.28, 0.34, 0.4, 0.46, 0.52, 0.58):
+        if frac * length + width < length:
+            t = frac * length
+            starts.append((p0[0] + (p1[0] - p0[0]) * t / length + normal[0] * shift,
+                           p0[1] + (p1[1] - p0[1]) * t / length + normal[1] * shift))
+    starts = starts or [(p0[0] + normal[0] * shift, p0[1] + normal[1] * shift)]
+    boxes = [rotated_boxes(x, y, angle, width, height) for x, y in starts]
+    i = choose(boxes, taken, axes_bounds(ax))
+    taken += [(box, 1.0) for box in boxes[i]]
+    x, y = ax.transData.inverted().transform(starts[i])
+    ax.text(x, y, text, color=color, rotation=angle, rotation_mode="anchor", ha="left", va="bottom",
+            fontsize=8.5, zorder=4)

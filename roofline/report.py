@@ -27,7 +27,7 @@ FIGURES = ("roofline", "time_split")
 def render_all(results_list: list[Results], out_dir: Path, html: bool = True, png: bool = True,
                svg: bool = True) -> list[Path]:
     """Write roofline.{png,svg}, time_split.{png,svg} and report.html into out_dir; returns the paths written."""
-    from roofline import plot
+    from roofline import plot, time_split
 
     if not results_list:
         raise RooflineError("no results to render")
@@ -40,7 +40,7 @@ def render_all(results_list: list[Results], out_dir: Path, html: bool = True, pn
     except OSError as exc:
         raise RooflineError(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
     written, images = [], {}
-    for name, make in zip(FIGURES, (plot.roofline_figure, plot.time_split_figure), strict=True):
+    for name, make in zip(FIGURES, (plot.roofline_figure, time_split.time_split_figure), strict=True):
         fig = make(results_list)
         svg_bytes = plot.figure_bytes(fig, "svg")
         images[name] = "data:image/svg+xml;base64," + base64.b64encode(svg_bytes).decode("ascii")
@@ -100,12 +100,13 @@ def run_context(res: Results, label: str) -> dict[str, Any]:
 
 def summary(res: Results) -> list[str]:
     """The one-paragraph summary, as sentences: what ran, where the time goes, what fusion buys."""
-    from roofline import fmt, plot
+    from roofline import fmt
     from roofline.fusion import summarize
+    from roofline.time_split import block_before_after
 
     run: dict[str, Any] = res.run
     c, device = run.get("config", {}), run.get("device", {})
-    before, after = plot.block_before_after(res)
+    before, after = block_before_after(res)
     total = sum(o.time_s for o in before)
     sentences = [f"{device.get('name', '?')} ran one {c.get('name')} block ({c.get('mode')}, batch {c.get('batch')},"
                  f" seq len {c.get('seq_len')}, {c.get('dtype')})."]
@@ -116,14 +117,15 @@ def summary(res: Results) -> list[str]:
     found = summarize(res)
     if found:
         best = max(found, key=lambda f: f.speedup)
-        sentences.append(f"Best fusion: {best.group} · {best.fused_variant} is {fmt.ratio(best.speedup)} the speed "
-                         f"of {' → '.join(best.chain_ops)} ({fmt.seconds(best.chain_time_s)} → "
-                         f"{fmt.seconds(best.fused_time_s)}, {fmt.nbytes(best.chain_bytes)} → "
-                         f"{fmt.nbytes(best.fused_bytes)} of compulsory traffic).")
+        pace = (f"{fmt.ratio(best.speedup)} faster than" if best.speedup >= 1
+                else f"{fmt.ratio(1 / best.speedup)} slower than")
+        sentences.append(f"Best fusion: {best.group} · {best.fused_variant} runs {pace} {' → '.join(best.chain_ops)}"
+                         f" ({fmt.seconds(best.chain_time_s)} → {fmt.seconds(best.fused_time_s)}, "
+                         f"{fmt.nbytes(best.chain_bytes)} → {fmt.nbytes(best.fused_bytes)} of compulsory traffic).")
         after_total = sum(o.time_s for o in after)
         if after_total > 0 and total > 0:
             sentences.append(f"With each chain replaced by its fastest fused variant the block takes "
-                             f"{fmt.seconds(after_total)} ({fmt.ratio(total / after_total)}).")
+                             f"{fmt.seconds(after_total)} ({fmt.ratio(total / after_total)} faster).")
     counts = {s: sum(r.status == s for r in res.rows) for s in ("ok", "skipped", "failed")}
     sentences.append(f"{counts['ok']} variants measured, {counts['skipped']} skipped, {counts['failed']} failed.")
     return sentences
@@ -168,8 +170,8 @@ def ceilings(res: Results) -> list[dict[str, Any]]:
     out = []
     for key in sorted(set(sheet_flops) | set(measured_flops), key=lambda k: (not k.startswith("tensor"), k)):
         ds, me = sheet_flops.get(key), measured_flops.get(key)
-        out.append({"roof": plot.roof_name(key, kind), "key": key, "datasheet": fmt.flops_rate(ds),
-                    "measured": fmt.flops_rate(me), "ratio": fmt.pct(100 * me / ds) if ds and me else "–",
+        out.append({"roof": plot.roof_name(key, kind), "key": key, "datasheet": fmt.si(ds, "FLOP/s"),
+                    "measured": fmt.si(me, "FLOP/s"), "ratio": fmt.pct(100 * me / ds) if ds and me else "–",
                     "used": used.count(key)})
     for name, key, ds in (("memory (copy)", "memory_bandwidth", sheet.get("memory_bandwidth")),
                           ("memory (read)", "read_bandwidth", None), ("memory (write)", "write_bandwidth", None),
@@ -200,7 +202,7 @@ def op_row(r: Row) -> dict[str, Any]:
         "status": r.status, "group": r.group, "group_color": plot.group_color(r.group), "bound": r.bound if ok else "",
         "pct": min(r.pct_of_roof or 0.0, 100.0) if ok else 0.0,
         "cells": [
-            _cell(op, r.op), _cell(r.variant + (" ⚡" if r.fused else ""), r.variant),
+            _cell(op, r.op), _cell(r.variant + (" ⚡" if r.fused else ""), r.variant, "nowrap"),
             _cell(fmt.si(r.flops), r.flops, "num"), _cell(fmt.si(r.min_bytes, "B"), r.min_bytes, "num"),
             _cell(fmt.intensity(r.intensity), r.intensity, "num"),
             _cell(fmt.seconds(r.time_median_s) if ok else "", r.time_median_s, "num time"),

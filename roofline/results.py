@@ -64,10 +64,20 @@ class Row:
     error: float | None = None  # relative error against the float64 reference
     tolerance: float | None = None
     first_call_s: float | None = None  # compile / autotune / plan time, excluded from the timing
+    measure_s: float | None = None  # wall time spent on this variant: inputs, check, timing
     sm_clock_mhz: int | None = None
     mem_clock_mhz: int | None = None
     throttle: str = ""
     time_samples_s: list[float] = field(default_factory=list)
+    # Hardware counters (`profile --counters`, counters.py): what the op's kernels did move and execute, summed.
+    measured_dram_bytes: float | None = None  # DRAM read + write
+    measured_dram_read_bytes: float | None = None
+    measured_dram_write_bytes: float | None = None
+    measured_l2_bytes: float | None = None  # L2 requests (reads + writes), bytes
+    measured_l1_bytes: float | None = None  # L1/TEX requests, bytes
+    measured_flops: float | None = None  # CUDA-core (FMA = 2) + tensor-core FLOPs executed
+    measured_tensor_flops: float | None = None
+    measured_kernels: int | None = None  # kernels the op launched
 
     @property
     def key(self) -> tuple[str, str, int, int, str, str]:
@@ -121,6 +131,7 @@ def atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes files owner-only; reports are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

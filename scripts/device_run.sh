@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session: install, calibrate, profile, and pack everything under $OUT/<tag>.tgz.
 # Used to produce the committed reference results in reports/reference/<device>/ (see README).
-#   usage: scripts/device_run.sh TAG STEP [STEP...]   steps: env calibrate profile8192 profile2048 aa kernels-test
+#   usage: scripts/device_run.sh TAG STEP [STEP...]   steps: env calibrate profile8192 profile2048 aa ncu kernels-test
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NO_COLOR=1
 TAG=$1; shift
@@ -23,6 +23,7 @@ for step in "$@"; do
     profile8192) timed profile8192 roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192" ;;
     profile2048) timed profile2048 roofline profile --seq-len 2048 --out "$R/gpt-7b-s2048" ;;
     aa) timed aa roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-aa" --no-plots ;;
+    ncu) timed ncu env OUT="$R/ncu" bash scripts/capture_ncu_fixture.sh ;;
     kernels-test) timed kernels-test python3 -m pytest -q tests/test_kernels.py -m "gpu or not gpu" ;;
     *) log "unknown step $step" ;;
   esac

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from roofline import plot, report, results
+from roofline import plot, report, results, time_split
 from roofline.fusion import block_time_split, summarize
 from roofline.results import Results
 
@@ -156,7 +156,7 @@ def test_html_is_self_contained(rendered: tuple[Path, list[Path]]) -> None:
 def test_time_split_matches_fusion_module(loaded: list[Results]) -> None:
     """Before = fusion.block_time_split's unfused block; after = each chain swapped for its fastest fused variant."""
     for res in loaded:
-        before, after = plot.block_before_after(res)
+        before, after = time_split.block_before_after(res)
         split = block_time_split(res)
         for bound in ("compute", "memory"):
             assert sum(o.time_s for o in before if o.bound == bound) == pytest.approx(split[bound])

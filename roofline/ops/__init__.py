@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from roofline.config import BlockConfig
 from roofline.errors import RooflineError
-from roofline.ops import attention, ffn, norm
+from roofline.ops import attention, ffn, moe, norm
 from roofline.ops.base import Op, Variant
 
-_BY_NAME = {op.name: op for op in (*norm.OPS, *attention.OPS, *ffn.OPS)}
+_BY_NAME = {op.name: op for op in (*norm.OPS, *attention.OPS, *ffn.OPS, *moe.OPS)}
 
-# Block order: norm → QKV → attention core → out proj → dropout/residual (+ fused) → FFN.
+# Block order: norm → QKV → attention core → out proj → dropout/residual (+ fused) → FFN (dense, or MoE router
+# and experts).
 CATALOG: tuple[Op, ...] = tuple(_BY_NAME[name] for name in (
     "layernorm", "rmsnorm", "qkv_proj", "qk_t", "softmax", "attn_v", "attention", "out_proj",
     "dropout", "residual_add", "residual_dropout_norm", "ffn_up", "gelu", "swiglu", "ffn_down",
+    "moe_router", "moe_experts",
 ))
 assert len(CATALOG) == len(_BY_NAME), "every declared op must have a place in the block order"
 

@@ -32,6 +32,10 @@ TORCH_DTYPES = {
     "fp8": torch.float8_e4m3fn,
 }
 
+# The dtypes a variant runs at unless it declares more: fp8 needs a dedicated path (scaled matmuls), so only
+# the variants that have one list it.
+NON_FP8 = ("fp32", "tf32", "bf16", "fp16")
+
 # Relative Frobenius error ‖out − ref‖ / ‖ref‖ allowed per dtype (reference in float64).
 TOLERANCE = {"fp32": 1e-4, "tf32": 5e-3, "bf16": 2e-2, "fp16": 5e-3, "fp8": 1e-1}
 
@@ -55,7 +59,8 @@ class Variant:
     build(config, inputs) returns the closure that is checked then timed. `requires` says why the variant
     cannot run here (None when it can); a closure may also raise `Unsupported` on its first call.
     scratch_bytes predicts memory the variant allocates beyond inputs and outputs (e.g. naive attention's N×N
-    scores), so an op that would not fit is skipped before anything is allocated.
+    scores), so an op that would not fit is skipped before anything is allocated. dtypes: the dtypes the variant
+    has a path for; at any other the row is skipped with a note.
     """
 
     name: str
@@ -64,6 +69,7 @@ class Variant:
     requires: Callable[[BlockConfig, torch.device], str | None] = no_requirement
     scratch_bytes: Callable[[BlockConfig], int] = lambda c: 0
     doc: str = ""
+    dtypes: tuple[str, ...] = NON_FP8
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,11 @@ from roofline.ops.base import Inputs, Op, Variant, rand, take_rows
 from roofline.ops.linear import linear_op
 
 
+def dense(c: BlockConfig) -> bool:
+    """The dense FFN ops; a mixture-of-experts block has its router and experts instead (moe.py)."""
+    return c.n_experts == 0
+
+
 def up_width(c: BlockConfig) -> int:
     """SwiGLU's up projection produces gate and up halves side by side: 2·d_ffn outputs."""
     return 2 * c.ffn_dim if c.activation == "swiglu" else c.ffn_dim
@@ -21,7 +26,8 @@ def up_width(c: BlockConfig) -> int:
 
 FFN_UP = linear_op(
     "ffn_up", "ffn", lambda c: c.d_model, up_width,
-    "FFN up projection to d_ffn (gate and up together for SwiGLU).", "K = d_model, N = d_ffn (2·d_ffn for SwiGLU)")
+    "FFN up projection to d_ffn (gate and up together for SwiGLU).", "K = d_model, N = d_ffn (2·d_ffn for SwiGLU)",
+    applies=dense)
 
 
 def _gelu_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
@@ -38,7 +44,7 @@ GELU = Op(
     flops_formula="5·T·d_ffn  (x/√2, erf, +1, ×x, ×½ per element; erf counted as one)",
     bytes_formula="2·T·d_ffn·bytes  (read, write)",
     doc="Exact (erf) GELU between the two FFN projections.",
-    applies=lambda c: c.activation == "gelu",
+    applies=lambda c: c.activation == "gelu" and dense(c),
 )
 
 
@@ -61,11 +67,11 @@ SWIGLU = Op(
     flops_formula="6·T·d_ffn  (silu: negate, exp, add, divide, multiply; then × up)",
     bytes_formula="3·T·d_ffn·bytes  (read gate and up, write the product)",
     doc="SwiGLU: silu(gate) · up (Llama-style FFN).",
-    applies=lambda c: c.activation == "swiglu",
+    applies=lambda c: c.activation == "swiglu" and dense(c),
 )
 
 FFN_DOWN = linear_op(
     "ffn_down", "ffn", lambda c: c.ffn_dim, lambda c: c.d_model,
-    "FFN down projection back to d_model.", "K = d_ffn, N = d_model")
+    "FFN down projection back to d_model.", "K = d_ffn, N = d_model", applies=dense)
 
 OPS = (FFN_UP, GELU, SWIGLU, FFN_DOWN)

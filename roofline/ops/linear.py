@@ -3,6 +3,13 @@
 A [T, K] × [K, N] matmul does 2·T·K·N FLOPs and must move T·K + K·N + T·N elements: at T in the thousands
 its intensity is in the hundreds of FLOPs per byte, so it is tensor-core bound; in decode (T = batch) the
 weight read dominates and it becomes a memory-bound GEMV.
+
+fp8 (`--dtype fp8`): the same "torch" variant runs `torch._scaled_mm` (cuBLASLt, e4m3 inputs, per-tensor
+scales, fp32 accumulation with Hopper's fast-accumulation mode, bf16 output), the w8a8 inference recipe. Both
+quantizations happen outside the timed closure: the weight is stored in fp8 with its scale (done once, at load
+time), and the activation arrives in fp8 as every input of a run arrives in the run's dtype (static per-tensor
+scale of 1, as with calibrated scales; dynamic scaling would add an amax pass over x, a memory-bound op of its
+own). The output is bf16, so the bytes formula counts T·N·2 for it. Needs compute capability ≥ 8.9.
 """
 
 from __future__ import annotations
@@ -13,33 +20,74 @@ import torch
 import torch.nn.functional as F
 
 from roofline.config import BlockConfig
-from roofline.ops.base import Inputs, Op, Variant, rand, take_rows
+from roofline.ops.base import TORCH_DTYPES, Inputs, Op, Variant, rand, take_rows
+
+FP8_OUT_DTYPE = torch.bfloat16
+
+
+def out_bytes(c: BlockConfig) -> int:
+    """Bytes per output element: fp8 matmuls write bf16 (a per-tensor fp8 output would need y's amax first)."""
+    return FP8_OUT_DTYPE.itemsize if c.dtype == "fp8" else c.dtype_bytes
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor,
+               weight_scale: torch.Tensor) -> torch.Tensor:
+    """y = (x·s_x)·(W·s_w)ᵀ with e4m3 x and W; _scaled_mm wants Wᵀ column-major, which W [N, K] row-major is."""
+    return torch._scaled_mm(x, weight.t(), scale_a=x_scale, scale_b=weight_scale, out_dtype=FP8_OUT_DTYPE,
+                            use_fast_accum=True)
+
+
+def fp8_requirement(k: int, n: int, device: torch.device) -> str | None:
+    """Why an fp8 [T, K] × [K, N] matmul cannot run here (None when it can)."""
+    if not hasattr(torch, "_scaled_mm"):
+        return "this torch has no torch._scaled_mm (fp8 matmul)"
+    if device.type != "cuda":
+        return "fp8 matmuls (torch._scaled_mm) need a CUDA GPU with compute capability ≥ 8.9"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        return f"fp8 matmuls need compute capability ≥ 8.9 (Ada, Hopper); this GPU is {major}.{minor}"
+    if k % 16 or n % 16:
+        return f"fp8 matmuls need K and N multiples of 16, got K = {k}, N = {n}"
+    return None
 
 
 def linear_op(name: str, group: str, in_dim: Callable[[BlockConfig], int],
-              out_dim: Callable[[BlockConfig], int], doc: str, dims: str) -> Op:
+              out_dim: Callable[[BlockConfig], int], doc: str, dims: str,
+              applies: Callable[[BlockConfig], bool] = lambda c: True) -> Op:
     """A projection op: x [T, in_dim] times W [out_dim, in_dim] (nn.Linear layout, no bias)."""
 
     def make_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
         k = in_dim(c)
+        if c.dtype == "fp8":  # unit-scale e4m3 weight and its scale: k^-0.5 itself would underflow e4m3
+            return {"x": rand((c.tokens, k), c, device, gen), "weight": rand((out_dim(c), k), c, device, gen),
+                    "x_scale": torch.ones((), device=device), "weight_scale": torch.full((), k ** -0.5, device=device)}
         return {"x": rand((c.tokens, k), c, device, gen),
                 "weight": rand((out_dim(c), k), c, device, gen, scale=k ** -0.5)}
 
     def reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Tensor:
-        return take_rows(i["x"], rows) @ i["weight"].double().T
+        scale = float(i["weight_scale"] * i["x_scale"]) if c.dtype == "fp8" else 1.0
+        return take_rows(i["x"], rows) @ i["weight"].double().T * scale
 
     def build(c: BlockConfig, i: Inputs):
         x, w = i["x"], i["weight"]
+        if c.dtype == "fp8":
+            return lambda: fp8_linear(x, w, i["x_scale"], i["weight_scale"])
         return lambda: F.linear(x, w)
+
+    def requires(c: BlockConfig, device: torch.device) -> str | None:
+        return fp8_requirement(in_dim(c), out_dim(c), device) if c.dtype == "fp8" else None
 
     return Op(
         name=name, group=group, unit="tensor",
         flops=lambda c: 2 * c.tokens * in_dim(c) * out_dim(c),
-        min_bytes=lambda c: (c.tokens * in_dim(c) + in_dim(c) * out_dim(c) + c.tokens * out_dim(c)) * c.dtype_bytes,
+        min_bytes=lambda c: ((c.tokens * in_dim(c) + in_dim(c) * out_dim(c)) * c.dtype_bytes
+                             + c.tokens * out_dim(c) * out_bytes(c)),
         make_inputs=make_inputs,
         reference=reference,
-        variants=(Variant("torch", build, doc="F.linear (cuBLAS / oneDNN)"),),
+        variants=(Variant("torch", build, requires=requires, dtypes=tuple(TORCH_DTYPES),
+                          doc="F.linear (cuBLAS / oneDNN); fp8: torch._scaled_mm, per-tensor scales, bf16 out"),),
         flops_formula=f"2·T·K·N  ({dims})",
-        bytes_formula="(T·K + K·N + T·N)·bytes  (read x and W, write y)",
+        bytes_formula="(T·K + K·N + T·N)·bytes  (read x and W, write y; fp8 writes y in bf16)",
         doc=doc,
+        applies=applies,
     )

@@ -1,0 +1,107 @@
+"""Where the block's time goes, before and after fusion: the second figure of every report.
+
+Before = the unfused block: each plain op at its baseline variant × the times it runs per block (what
+fusion.block_time_split sums). After = the same block with each fusion chain replaced by its fastest fused
+variant. Bars are coloured compute- vs memory-bound, one row of two panels per run on one time axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from roofline import fmt
+from roofline.fusion import FusionResult, _baseline, groups, summarize
+from roofline.plot import BOUND_COLORS, COMPUTE_COLOR, MEMORY_COLOR, describe_run, new_figure
+from roofline.results import Results
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+@dataclass(frozen=True)
+class BlockOp:
+    """One op's share of a block: seconds per block (time per call × per_block)."""
+
+    op: str
+    variant: str
+    label: str
+    time_s: float
+    bound: str
+
+
+def block_before_after(results: Results) -> tuple[list[BlockOp], list[BlockOp]]:
+    """The block's ops before fusion (each plain op at its baseline variant, as fusion.block_time_split counts
+    them) and after (each fusion chain replaced by its fastest fused variant; a longer chain claims its ops
+    first, so attention's fused variants replace softmax before softmax's own fused kernel would)."""
+    fused_ops = {g.fused_op for g in groups() if g.chain != (g.fused_op,)}
+    before: dict[str, BlockOp] = {}
+    for op in dict.fromkeys(r.op for r in results.rows):
+        row = _baseline(results, op)
+        if op not in fused_ops and row and row.bound in BOUND_COLORS:
+            label = op + (f" ×{row.per_block}" if row.per_block > 1 else "")
+            before[op] = BlockOp(op, row.variant, label, (row.time_median_s or 0.0) * row.per_block, row.bound)
+    best: dict[str, FusionResult] = {}
+    for f in summarize(results):
+        if f.group not in best or f.fused_time_s < best[f.group].fused_time_s:
+            best[f.group] = f
+    after = dict(before)
+    for f in sorted(best.values(), key=lambda f: -len(f.chain_ops)):
+        row = results.find(f.group, f.fused_variant)
+        if row is None or not all(op in after and after[op].op == op for op in f.chain_ops):
+            continue
+        label = f"{f.group} · {f.fused_variant}" + (f" ×{row.per_block}" if row.per_block > 1 else "")
+        fused = BlockOp(f.group, f.fused_variant, label, f.fused_time_s * row.per_block, row.bound)
+        after = {k: (fused if k == f.chain_ops[0] else v) for k, v in after.items() if k not in f.chain_ops[1:]}
+    return list(before.values()), list(after.values())
+
+
+def time_split_figure(results_list: list[Results]) -> Figure:
+    """Seconds per block of each op, before and after fusion, bars coloured compute- vs memory-bound; one row of
+    two panels per run, both panels on one time axis so the bars compare."""
+    from matplotlib.patches import Patch
+
+    blocks = [block_before_after(r) for r in results_list]
+    heights = [max(len(b), len(a), 1) * 0.27 + 1.3 for b, a in blocks]
+    fig = new_figure(12.5, sum(heights) + 0.6, layout="constrained")
+    fig.suptitle("Time per block: before and after fusion", x=0.01, ha="left", fontsize=12, fontweight="bold")
+    fig.legend(handles=[Patch(color=COMPUTE_COLOR, label="compute-bound"),
+                        Patch(color=MEMORY_COLOR, label="memory-bound")], loc="outside upper right", ncols=2,
+               frameon=False, fontsize=9)
+    subfigs = fig.subfigures(len(blocks), 1, height_ratios=heights, squeeze=False)[:, 0]
+    for sub, res, (before, after) in zip(subfigs, results_list, blocks, strict=True):
+        sub.suptitle(describe_run(res), x=0.01, ha="left", fontsize=10, color="#444444")
+        longest = max([o.time_s for o in before + after] or [1.0])
+        total_before = sum(o.time_s for o in before)
+        for ax, name, ops in zip(sub.subplots(1, 2), ("Before fusion", "After fusion"), (before, after), strict=True):
+            _time_bars(ax, ops, longest, max(len(before), len(after), 1), set(before))
+            total = sum(o.time_s for o in ops) or float("nan")
+            compute = 100 * sum(o.time_s for o in ops if o.bound == "compute") / total
+            faster = f" ({fmt.ratio(total_before / total)} faster)" if ops is after else ""
+            ax.set_title(f"{name} · {fmt.seconds(total)} per block{faster}\n{compute:.0f} % compute-bound, "
+                         f"{100 - compute:.0f} % memory-bound", loc="left", fontsize=9.5, fontweight="bold")
+    return fig
+
+
+def _time_bars(ax: Axes, ops: list[BlockOp], longest: float, rows: int, plain: set[BlockOp]) -> None:
+    """Horizontal bars in block order, each with its time and share; a fused variant's name in bold."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    total = sum(o.time_s for o in ops) or float("nan")
+    ax.barh(range(len(ops)), [o.time_s for o in ops], color=[BOUND_COLORS[o.bound] for o in ops], height=0.68,
+            zorder=2)
+    ax.set_yticks(range(len(ops)), [o.label for o in ops], fontsize=8.5)
+    for tick, o in zip(ax.get_yticklabels(), ops, strict=True):
+        tick.set_fontweight("normal" if o in plain else "bold")
+    ax.set_ylim(rows - 0.5, -0.5)  # the same bar thickness in both panels
+    ax.set_xlim(0, longest * 1.32)
+    for k, o in enumerate(ops):
+        ax.text(o.time_s + longest * 0.015, k, f"{fmt.seconds(o.time_s)}  {100 * o.time_s / total:.0f} %",
+                va="center", fontsize=7.5, color="#333333")
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.seconds(v) if v else "0"))
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(True, axis="x", color="#e4e4e4", linewidth=0.6, zorder=0)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
