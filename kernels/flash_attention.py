@@ -21,17 +21,21 @@ For a causal mask the key loop is split in two: blocks every query of the progra
 run without any mask, then the diagonal blocks run with it; blocks past the diagonal are skipped.
 Programs start from the last query block (the most keys), so the longest ones are scheduled first.
 
-Three switches per configuration (constexpr, so each is its own compiled kernel; measure them with
-scripts/tune_flash.py):
+Two switches per configuration, each its own compiled kernel (scripts/tune_flash.py measures them):
 
-* TMA: K and V tiles arrive through host-built tensor descriptors (Hopper's TMA engine, Triton ≥ 3.4)
-  instead of per-thread pointer loads: no address registers, and rows past kv_len read as zeros.
-* PIPELINE: the FA3 ordering. The next block's Q·Kᵀ is issued before this block's P·V, so the tensor
-  cores run P·V while the warps compute the next softmax; the rescale α·acc waits for P·V only.
-* WARP_SPECIALIZE: ask Triton to split the main loop into producer and consumer warps.
+* TMA: K and V tiles arrive through host-built tensor descriptors (Hopper's copy engine, Triton ≥ 3.4)
+  over [batch·kv_heads, kv_len, head_dim], not per-thread pointer loads: fewer registers (182 → 145
+  at 128×64, 8 warps, d=128), and rows past kv_len read as zeros.
+* SCALE_Q: q is multiplied by scale·log2(e) once and rounded back to bf16/fp16, so Q·Kᵀ takes q from
+  registers (wgmma's A operand) instead of shared memory, which halves Q·Kᵀ's shared-memory reads at
+  BLOCK_N 64, for one rounding of q (relative error ~2⁻⁹ per element; older Triton tutorials did it).
+
+Not here, because Triton 3.6 does not express them on sm_90 (checked in the SASS): FA3's overlap of
+softmax with P·V inside a warpgroup (Triton waits for each wgmma right after issuing it; issuing the
+next Q·Kᵀ before P·V made ptxas serialise every wgmma, warning C7515), and tl.range(warp_specialize=True)
+(no change at 8 warps, a compiler assertion at 4). Overlap comes from several warpgroups per SM instead.
 """
 
-import inspect
 import math
 import os
 
@@ -51,47 +55,6 @@ HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 LOG2E = math.log2(math.e)
 SHARED_MEMORY_BYTES = 227 * 1024  # per thread block on an H100
-HAS_WARP_SPECIALIZE = "warp_specialize" in inspect.signature(tl.range.__init__).parameters
-
-
-def make_config(block_m: int, block_n: int, num_warps: int, num_stages: int, tma: bool = False,
-                pipeline: bool = False, warp_specialize: bool = False) -> triton.Config:
-    """One kernel configuration: tile, warps, software-pipeline depth and the three path switches."""
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "TMA": tma, "PIPELINE": pipeline,
-                          "WARP_SPECIALIZE": warp_specialize},
-                         num_warps=num_warps, num_stages=num_stages, pre_hook=_set_descriptor_blocks)
-
-
-def _configs() -> list[triton.Config]:
-    """A few Hopper-friendly configurations; under the interpreter one small tile, so tests take seconds."""
-    if INTERPRET:
-        return [make_config(16, 16, 4, 1)]
-    return [make_config(128, block_n, 8, stages, tma=tma)
-            for tma in (False, True) for block_n, stages in ((64, 3), (128, 2))]
-
-
-def fits(config: triton.Config, head_dim: int, tma_available: bool = True) -> bool:
-    """Whether a configuration can run well: no spilled registers and enough shared memory.
-
-    Registers: the accumulator and the scores, BLOCK_M·(HEAD_DIM + BLOCK_N) fp32 values, plus with
-    PIPELINE the next block's scores, must stay within 128 values per thread (of 255 registers).
-    Shared memory: Q plus num_stages buffers of K and V (bf16) within the 227 KiB of an H100.
-    """
-    kw = config.kwargs
-    block_m, block_n = kw["BLOCK_M"], kw["BLOCK_N"]
-    if (kw["TMA"] and not tma_available) or (kw["WARP_SPECIALIZE"] and not HAS_WARP_SPECIALIZE):
-        return False
-    fp32_values = block_m * (head_dim + block_n * (2 if kw["PIPELINE"] else 1))
-    shared_bytes = 2 * head_dim * (block_m + 2 * block_n * config.num_stages)
-    return fp32_values // (32 * config.num_warps) <= 128 and shared_bytes <= SHARED_MEMORY_BYTES
-
-
-def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Autotune only configurations that fit; TMA ones only when the launcher built descriptors."""
-    head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
-    tma_available = named_args["K_desc"] is not None
-    kept = [c for c in configs if fits(c, head_dim, tma_available)]
-    return kept or [c for c in configs if not c.kwargs["TMA"]][:1]
 
 
 def _set_descriptor_blocks(nargs: dict) -> None:
@@ -99,6 +62,67 @@ def _set_descriptor_blocks(nargs: dict) -> None:
     for name in ("K_desc", "V_desc"):
         if nargs[name] is not None:
             nargs[name].block_shape = [1, nargs["BLOCK_N"], nargs["HEAD_DIM"]]
+
+
+def make_config(block_m: int, block_n: int, num_warps: int, num_stages: int, tma: bool = False,
+                scale_q: bool = False) -> triton.Config:
+    """One kernel configuration: tile, warps, software-pipeline depth and the two path switches."""
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "TMA": tma, "SCALE_Q": scale_q},
+                         num_warps=num_warps, num_stages=num_stages, pre_hook=_set_descriptor_blocks)
+
+
+# At most 4 configurations per (head_dim, causal), so a cold autotune takes seconds. Provisional:
+# the d=128 pointer ones won on an H100 SXM before TMA existed; the TMA ones are guesses (128×32 at
+# 117 registers and 80 KiB fits two CTAs per SM) until scripts/tune_flash.py has run there.
+_D128 = [make_config(128, 64, 8, 3), make_config(128, 128, 8, 3),
+         make_config(128, 64, 8, 3, tma=True), make_config(128, 32, 8, 3, tma=True)]
+_D64 = [make_config(128, 64, 4, 3), make_config(128, 128, 8, 3),
+        make_config(128, 64, 4, 3, tma=True), make_config(128, 128, 8, 3, tma=True)]
+TUNED_CONFIGS: dict[tuple[int, bool], list[triton.Config]] = {
+    (128, False): _D128, (128, True): _D128, (64, False): _D64, (64, True): _D64,
+}
+SMALL_HEAD_CONFIGS = [make_config(128, 64, 4, 3), make_config(128, 128, 8, 3), make_config(64, 64, 4, 3)]
+INTERPRETER_CONFIG = make_config(16, 16, 4, 1)  # small tiles, so CPU tests take seconds
+
+
+def _all_configs() -> list[triton.Config]:
+    """Every case's candidates, once each: the autotuner's list, which _prune_configs narrows per case."""
+    configs = [c for cs in (*TUNED_CONFIGS.values(), SMALL_HEAD_CONFIGS) for c in cs]
+    return [INTERPRETER_CONFIG] if INTERPRET else list({id(c): c for c in configs}.values())
+
+
+def fits(config: triton.Config, head_dim: int) -> bool:
+    """Whether a configuration can run without spilling registers or overflowing shared memory.
+
+    Registers: the accumulator and the scores, BLOCK_M·(HEAD_DIM + BLOCK_N) fp32 values, plus q
+    (BLOCK_M·HEAD_DIM/2 registers) with SCALE_Q, at most 160 per thread of 255. That is the edge
+    (ptxas, sm_90, Triton 3.6): at 160 most compile within 255 registers, a few spill or serialise the
+    wgmma pipeline (scripts/tune_flash.py shows which); at 192 all do.
+    Shared memory: Q plus num_stages buffers of K and V (2 bytes each) and 1 KiB of TMA barriers,
+    within the 227 KiB of an H100.
+    """
+    kw = config.kwargs
+    block_m, block_n, threads = kw["BLOCK_M"], kw["BLOCK_N"], 32 * config.num_warps
+    registers = block_m * (head_dim + block_n + (head_dim // 2 if kw["SCALE_Q"] else 0)) // threads
+    shared_bytes = 2 * head_dim * (block_m + 2 * block_n * config.num_stages) + (1024 if kw["TMA"] else 0)
+    return registers <= 160 and shared_bytes <= SHARED_MEMORY_BYTES
+
+
+def _case_configs(head_dim: int, causal: bool) -> list[triton.Config]:
+    """The autotuner's candidates for one case."""
+    if INTERPRET:
+        return [INTERPRETER_CONFIG]
+    return TUNED_CONFIGS.get((head_dim, causal), SMALL_HEAD_CONFIGS)
+
+
+def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """This case's configurations that fit; TMA ones only when the launcher built descriptors."""
+    head_dim = kwargs["HEAD_DIM"]
+    wanted = _case_configs(head_dim, kwargs["CAUSAL"])
+    tma_available = named_args["K_desc"] is not None
+    kept = [c for c in configs if any(c is w for w in wanted) and fits(c, head_dim)
+            and (tma_available or not c.kwargs["TMA"])]
+    return kept or [c for c in configs if not c.kwargs["TMA"] and fits(c, head_dim)]  # e.g. no TMA
 
 
 @triton.jit
@@ -109,103 +133,49 @@ def _dot(a, b, acc, IN_FP32: tl.constexpr):
 
 
 @triton.jit
-def _load_tile(X, X_desc, kv_row, start_n, offs_n, offs_d, stride_n, kv_len,
+def _load_tile(X, X_desc, kv_row, start_n, stride_n, kv_len,
                MASKED: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Read keys (or values) start_n .. start_n + BLOCK_N - 1 of one head, [BLOCK_N, HEAD_DIM].
-    TMA: X_desc is a descriptor over [batch·kv_heads, kv_len, head_dim], rows past kv_len come back 0."""
+    """Read keys (or values) start_n .. start_n + BLOCK_N - 1 of one head: [BLOCK_N, HEAD_DIM].
+    TMA: X_desc is a descriptor over [batch·kv_heads, kv_len, head_dim]; rows past kv_len read as 0."""
     if TMA:
         tile = X_desc.load([kv_row, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
     else:
-        ptrs = X + (start_n + offs_n)[:, None] * stride_n + offs_d[None, :]
-        if MASKED:
-            tile = tl.load(ptrs, mask=(start_n + offs_n)[:, None] < kv_len, other=0.0)
-        else:
-            tile = tl.load(ptrs)
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        ptrs = X + offs_n[:, None] * stride_n + tl.arange(0, HEAD_DIM)[None, :]
+        tile = tl.load(ptrs, mask=offs_n[:, None] < kv_len, other=0.0) if MASKED else tl.load(ptrs)
     return tile
 
 
 @triton.jit
-def _softmax_step(qk, m_i, l_i, start_n, offs_m, offs_n, kv_len, causal_offset, qk_scale,
-                  CAUSAL: tl.constexpr, MASKED: tl.constexpr):
-    """Online softmax of one block of scores: returns p = exp2(s - m_new), α, m_new and the new l.
-    MASKED: keys past kv_len, and with CAUSAL keys after the diagonal, get p = 0."""
-    if MASKED:
-        visible = (start_n + offs_n)[None, :] < kv_len
-        if CAUSAL:
-            visible = visible & ((start_n + offs_n)[None, :] <= offs_m[:, None] + causal_offset)
-        qk = tl.where(visible, qk * qk_scale, float("-inf"))
-        m_ij = tl.maximum(m_i, tl.max(qk, 1))
-        m_safe = tl.where(m_ij == float("-inf"), 0.0, m_ij)  # a query with no key seen yet
-        p = tl.math.exp2(qk - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-    else:
-        m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
-        alpha = tl.math.exp2(m_i - m_ij)
-    return p, alpha, m_ij, l_i * alpha + tl.sum(p, 1)
-
-
-@triton.jit
-def _attn_fwd_step(acc, l_i, m_i, q, K, V, K_desc, V_desc, kv_row, start_n, stride_kn, stride_vn,
-                   offs_m, offs_n, offs_d, kv_len, causal_offset, qk_scale,
-                   BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
-                   TMA: tl.constexpr, DOT_IN_FP32: tl.constexpr):
-    """Fold keys start_n .. start_n + BLOCK_N - 1 into (acc, l_i, m_i)."""
-    # read BLOCK_N keys, s = q·kᵀ
-    k = _load_tile(K, K_desc, kv_row, start_n, offs_n, offs_d, stride_kn, kv_len, MASKED, TMA, BLOCK_N, HEAD_DIM)
-    qk = _dot(q, tl.trans(k), None, DOT_IN_FP32)
-    p, alpha, m_i, l_i = _softmax_step(qk, m_i, l_i, start_n, offs_m, offs_n, kv_len, causal_offset, qk_scale,
-                                       CAUSAL, MASKED)
-    # read BLOCK_N values, acc = α·acc + p·v
-    v = _load_tile(V, V_desc, kv_row, start_n, offs_n, offs_d, stride_vn, kv_len, MASKED, TMA, BLOCK_N, HEAD_DIM)
-    acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_IN_FP32)
-    return acc, l_i, m_i
-
-
-@triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, K, V, K_desc, V_desc, kv_row, stride_kn, stride_vn, lo, hi,
-                    offs_m, offs_n, offs_d, kv_len, causal_offset, qk_scale,
+                    offs_m, kv_len, causal_offset, qk_scale,
                     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
-                    TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, DOT_IN_FP32: tl.constexpr):
-    """Fold keys lo .. hi-1 into (acc, l_i, m_i), one block per step. MASKED: check key bounds and the
-    causal mask. Two loops, so Triton versions without warp specialization never see its keyword."""
-    if WARP_SPECIALIZE:
-        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=True):
-            acc, l_i, m_i = _attn_fwd_step(acc, l_i, m_i, q, K, V, K_desc, V_desc, kv_row, tl.multiple_of(start_n, BLOCK_N),
-                                           stride_kn, stride_vn, offs_m, offs_n, offs_d, kv_len, causal_offset,
-                                           qk_scale, BLOCK_N, HEAD_DIM, CAUSAL, MASKED, TMA, DOT_IN_FP32)
-    else:
-        for start_n in tl.range(lo, hi, BLOCK_N):
-            acc, l_i, m_i = _attn_fwd_step(acc, l_i, m_i, q, K, V, K_desc, V_desc, kv_row, tl.multiple_of(start_n, BLOCK_N),
-                                           stride_kn, stride_vn, offs_m, offs_n, offs_d, kv_len, causal_offset,
-                                           qk_scale, BLOCK_N, HEAD_DIM, CAUSAL, MASKED, TMA, DOT_IN_FP32)
-    return acc, l_i, m_i
-
-
-@triton.jit
-def _attn_fwd_pipelined(acc, l_i, m_i, q, K, V, K_desc, V_desc, kv_row, stride_kn, stride_vn, lo, hi,
-                        offs_m, offs_n, offs_d, kv_len, causal_offset, qk_scale,
-                        BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr,
-                        DOT_IN_FP32: tl.constexpr):
-    """Unmasked keys lo .. hi-1 (hi - lo a multiple of BLOCK_N) in the FA3 order: step j issues
-    s_{j+1} = q·k_{j+1}ᵀ and then acc += p_j·v_j, so p_{j+1} is computed while P·V is still running."""
-    if lo < hi:
-        k = _load_tile(K, K_desc, kv_row, lo, offs_n, offs_d, stride_kn, kv_len, False, TMA, BLOCK_N, HEAD_DIM)
+                    TMA: tl.constexpr, DOT_IN_FP32: tl.constexpr):
+    """Fold keys lo .. hi-1 into (acc, l_i, m_i). MASKED: check key bounds and the causal mask."""
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        # read BLOCK_N keys, s = q·kᵀ
+        k = _load_tile(K, K_desc, kv_row, start_n, stride_kn, kv_len, MASKED, TMA, BLOCK_N, HEAD_DIM)
         qk = _dot(q, tl.trans(k), None, DOT_IN_FP32)
-        for start_n in tl.range(lo, hi - BLOCK_N, BLOCK_N):
-            start_n = tl.multiple_of(start_n, BLOCK_N)
-            p, alpha, m_i, l_i = _softmax_step(qk, m_i, l_i, start_n, offs_m, offs_n, kv_len, causal_offset,
-                                               qk_scale, False, False)
-            acc = acc * alpha[:, None]
-            k = _load_tile(K, K_desc, kv_row, start_n + BLOCK_N, offs_n, offs_d, stride_kn, kv_len, False, TMA, BLOCK_N,
-                           HEAD_DIM)
-            qk = _dot(q, tl.trans(k), None, DOT_IN_FP32)
-            v = _load_tile(V, V_desc, kv_row, start_n, offs_n, offs_d, stride_vn, kv_len, False, TMA, BLOCK_N, HEAD_DIM)
-            acc = _dot(p.to(v.dtype), v, acc, DOT_IN_FP32)
-        p, alpha, m_i, l_i = _softmax_step(qk, m_i, l_i, hi - BLOCK_N, offs_m, offs_n, kv_len, causal_offset,
-                                           qk_scale, False, False)
-        v = _load_tile(V, V_desc, kv_row, hi - BLOCK_N, offs_n, offs_d, stride_vn, kv_len, False, TMA, BLOCK_N, HEAD_DIM)
+        if MASKED:
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            visible = offs_n[None, :] < kv_len
+            if CAUSAL:
+                visible = visible & (offs_n[None, :] <= offs_m[:, None] + causal_offset)
+            qk = tl.where(visible, qk * qk_scale, float("-inf"))
+            m_ij = tl.maximum(m_i, tl.max(qk, 1))
+            m_safe = tl.where(m_ij == float("-inf"), 0.0, m_ij)  # a query with no key seen yet
+            p = tl.math.exp2(qk - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+        else:
+            m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            p = tl.math.exp2(qk * qk_scale - m_ij[:, None])
+            alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        # read BLOCK_N values, acc = α·acc + p·v
+        v = _load_tile(V, V_desc, kv_row, start_n, stride_vn, kv_len, MASKED, TMA, BLOCK_N, HEAD_DIM)
         acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_IN_FP32)
+        m_i = m_ij
     return acc, l_i, m_i
 
 
@@ -218,8 +188,7 @@ def _attn_fwd_kernel(
     stride_ob, stride_oh, stride_om,
     heads, kv_heads, q_len, kv_len, qk_scale,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_IN_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    TMA: tl.constexpr, PIPELINE: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA: tl.constexpr, SCALE_Q: tl.constexpr,
 ):
     # the query blocks of one head are neighbours in launch order, so its K and V stay in L2;
     # causal: the last query blocks see the most keys, so they start first
@@ -238,7 +207,6 @@ def _attn_fwd_kernel(
     Out += off_b * stride_ob + off_h * stride_oh
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -246,6 +214,9 @@ def _attn_fwd_kernel(
     # read BLOCK_M queries, once
     in_q = offs_m < q_len
     q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :], mask=in_q[:, None], other=0.0)
+    if SCALE_Q:
+        q = (q.to(tl.float32) * qk_scale).to(q.dtype)
+        qk_scale = 1.0
 
     # keys [0, n_full) are seen by every query of the block; [n_full, hi) need a mask
     causal_offset = kv_len - q_len
@@ -256,24 +227,19 @@ def _attn_fwd_kernel(
         hi = kv_len
         n_full = kv_len
     n_full = tl.maximum(n_full, 0) // BLOCK_N * BLOCK_N
-    if PIPELINE:
-        acc, l_i, m_i = _attn_fwd_pipelined(acc, l_i, m_i, q, K, V, K_desc, V_desc, kv_row, stride_kn, stride_vn, 0, n_full,
-                                            offs_m, offs_n, offs_d, kv_len, causal_offset, qk_scale,
-                                            BLOCK_N, HEAD_DIM, TMA, DOT_IN_FP32)
-    else:
-        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, K_desc, V_desc, kv_row, stride_kn, stride_vn, 0, n_full,
-                                        offs_m, offs_n, offs_d, kv_len, causal_offset, qk_scale,
-                                        BLOCK_N, HEAD_DIM, CAUSAL, False, TMA, WARP_SPECIALIZE, DOT_IN_FP32)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, K_desc, V_desc, kv_row, stride_kn, stride_vn, 0, n_full,
+                                    offs_m, kv_len, causal_offset, qk_scale,
+                                    BLOCK_N, HEAD_DIM, CAUSAL, False, TMA, DOT_IN_FP32)
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, K, V, K_desc, V_desc, kv_row, stride_kn, stride_vn, n_full, hi,
-                                    offs_m, offs_n, offs_d, kv_len, causal_offset, qk_scale,
-                                    BLOCK_N, HEAD_DIM, CAUSAL, True, TMA, False, DOT_IN_FP32)
+                                    offs_m, kv_len, causal_offset, qk_scale,
+                                    BLOCK_N, HEAD_DIM, CAUSAL, True, TMA, DOT_IN_FP32)
 
     # write BLOCK_M outputs
     acc = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(Out + offs_m[:, None] * stride_om + offs_d[None, :], acc.to(Out.dtype.element_ty), mask=in_q[:, None])
 
 
-_attn_fwd_autotuned = triton.autotune(configs=_configs(), key=["q_len", "kv_len", "HEAD_DIM", "CAUSAL"],
+_attn_fwd_autotuned = triton.autotune(configs=_all_configs(), key=["q_len", "kv_len", "HEAD_DIM", "CAUSAL"],
                                       prune_configs_by={"early_config_prune": _prune_configs})(_attn_fwd_kernel)
 
 
@@ -306,22 +272,27 @@ def tma_supported(device: torch.device) -> bool:
     return INTERPRET or (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
-def _descriptor(x: torch.Tensor, block_n: int) -> "TensorDescriptor | None":
+def _descriptor(x: torch.Tensor) -> "TensorDescriptor | None":
     """A TMA descriptor over x [batch, kv_heads, kv_len, head_dim] seen as [batch·kv_heads, kv_len,
-    head_dim], or None when the strides do not allow it (TMA wants them 16-byte aligned)."""
+    head_dim], or None where the strides do not allow it: the two head dimensions must merge into one,
+    and TMA wants positive, 16-byte aligned strides. Its tile is set per configuration by the pre-hook."""
     batch, kv_heads, kv_len, head_dim = x.shape
-    if x.stride(0) != kv_heads * x.stride(1) and batch > 1:
+    if kv_heads == 1:
+        row_stride = x.stride(0)
+    elif batch == 1 or x.stride(0) == kv_heads * x.stride(1):
+        row_stride = x.stride(1)
+    else:
         return None
-    if x.data_ptr() % 16 or any(s * x.element_size() % 16 for s in (x.stride(1), x.stride(2))):
+    strides = (row_stride, x.stride(2))
+    if x.data_ptr() % 16 or any(s <= 0 or s * x.element_size() % 16 for s in strides):
         return None
-    return TensorDescriptor(x, [batch * kv_heads, kv_len, head_dim], [x.stride(1), x.stride(2), 1],
-                            [1, block_n, head_dim])
+    return TensorDescriptor(x, [batch * kv_heads, kv_len, head_dim], [*strides, 1], [1, 16, head_dim])
 
 
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
             config: triton.Config | None = None) -> torch.Tensor:
     """Run the kernel on checked inputs: autotuned when config is None, else exactly that configuration
-    (a TMA one raises ValueError where descriptors cannot be built)."""
+    (scripts/tune_flash.py; a TMA one raises ValueError where descriptors cannot be built)."""
     batch, heads, q_len, head_dim = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -329,13 +300,16 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, sca
         return out
     if kv_len == 0:
         return out.zero_()
-    k_desc = v_desc = None
-    if tma_supported(q.device) if config is None else config.kwargs["TMA"]:
-        k_desc, v_desc = _descriptor(k, 16), _descriptor(v, 16)
-        if k_desc is None or v_desc is None:
-            if config is not None:
-                raise ValueError("TMA needs k and v with mergeable [batch, kv_heads] and 16-byte aligned strides")
-            k_desc = v_desc = None
+    # descriptors cost each launch a few microseconds: autotuned, only where this case has TMA candidates;
+    # explicit, always, so that a configuration compiles to the same kernel as under the autotuner
+    want_tma = tma_supported(q.device) and (config is not None or any(
+        c.kwargs["TMA"] for c in _case_configs(head_dim, causal)))
+    k_desc, v_desc = (_descriptor(k), _descriptor(v)) if want_tma else (None, None)
+    if k_desc is None or v_desc is None:
+        k_desc = v_desc = None
+        if config is not None and config.kwargs["TMA"]:
+            raise ValueError("TMA needs a Hopper GPU, Triton >= 3.4, and k and v whose [batch, kv_heads] "
+                             "dimensions merge, with 16-byte aligned strides")
 
     def grid(meta: dict) -> tuple[int]:
         return (triton.cdiv(q_len, meta["BLOCK_M"]) * batch * heads,)

@@ -21,7 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Where a Transformer block spends its time on a GPU, and why.")
 stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 220)
-_argv: list[str] = []  # the command line, recorded in results.json
+command_line: list[str] = []  # the command line, recorded in results.json
 stderr = Console(stderr=True, soft_wrap=True)
 
 
@@ -45,11 +45,11 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """Where a Transformer block spends its time on a GPU, and why."""
 
 
-def _csv_list(value: str | None) -> list[str] | None:
+def csv_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-def _writable_dir(path: Path) -> Path:
+def writable_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".roofline-write-test"
@@ -87,10 +87,23 @@ def profile(
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Measure this device's roofs first.")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write roofline.png/.svg and report.html.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
+    counters: Annotated[bool, typer.Option("--counters", help="Then count each op's DRAM/L2/L1 bytes and FLOPs "
+                                           "with Nsight Compute (a second, slower pass).")] = False,
+    ncu: Annotated[str | None, typer.Option("--ncu", help="Nsight Compute's ncu for --counters (implies it; "
+                                            "default: ncu on PATH).")] = None,
+    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel ranks (2, 4, 8): one per GPU (or CPU process), "
+                                    "each profiling its Megatron shard; results merged.")] = 1,
 ) -> None:
     """Profile every op of one Transformer block on this device and place it on the roofline."""
-    from roofline import ceilings, measure, results
+    if tp != 1:
+        from roofline.parallel import run_tp
+
+        return run_tp(tp, model, dict(seq_len=seq_len, batch=batch, dtype=dtype, mode=mode, kv_cache_len=kv_len,
+                                      causal=causal), device, csv_list(ops), csv_list(variants), out, json_out,
+                      csv_out, budget, calibrate, plots, seed, counters or bool(ncu), list(command_line))
+    from roofline import counters as counters_pass
     from roofline import device as devices
+    from roofline import measure, results
     from roofline.config import make_config
     from roofline.ops import plan
 
@@ -100,26 +113,14 @@ def profile(
         warn(w)
     config = make_config(model, seq_len=seq_len, batch=batch, dtype=dtype or ("bf16" if dev.kind == "cuda" else "fp32"),
                          mode=mode, kv_cache_len=kv_len, causal=causal)
-    items = plan(config, _csv_list(ops), _csv_list(variants))
+    items = plan(config, csv_list(ops), csv_list(variants))
     if not items:
         raise RooflineError("nothing to measure: --ops/--variants selected no (op, variant) of this model")
     settings = measure.Settings.for_device(dev, budget)
-    out_dir = _writable_dir(out or default_out_dir(dev.slug, config))
+    out_dir = writable_dir(out or default_out_dir(dev.slug, config))
 
-    measured = None
-    if calibrate or dev.kind == "cpu":
-        measured, cached = ceilings.get_ceilings(dev, force=calibrate, quick=not calibrate, warn=warn)
-        info(f"{'Using cached' if cached else 'Measured'} roofs of {dev.name}")
-    else:
-        measured = ceilings.load_cached(dev, warn)
-        if measured:
-            info(f"Using measured roofs of {dev.name} cached by `roofline calibrate`")
-        else:
-            info("Using datasheet roofs (run `roofline calibrate` once for measured ones)")
-    roofs = measure.Roofs(dev.peak_flops, dev.memory_bandwidth,
-                          measured.peak_flops if measured else {}, measured.memory_bandwidth if measured else 0.0)
-    run = measure.run_metadata(config, dev, roofs, settings, _argv,
-                               measured.to_dict() if measured else None)
+    roofs, measured = measure.load_roofs(dev, calibrate, warn, info)
+    run = measure.run_metadata(config, dev, roofs, settings, command_line, measured)
     res = results.Results(run=run)
     others = run["clocks_at_start"].get("other_processes")  # type: ignore[union-attr]
     if others:
@@ -130,16 +131,19 @@ def profile(
         res.rows.append(row)
         results.save(res, out_dir)
 
-    _run_with_progress(items, config, dev, roofs, settings, on_row, measure.run_plan)
+    run_with_progress(items, config, dev, roofs, settings, on_row, measure.run_plan)
     res.run["wall_s"] = time.perf_counter() - t_start
     results.save(res, out_dir)
+    not_counted = counters_pass.run_counters_pass(res, items, config, out_dir, ncu, stderr) if counters or ncu else None
     _report_run(res, out_dir, json_out, csv_out, plots)
     info(f"Wrote {out_dir}/results.json and results.csv in {res.run['wall_s']:.1f} s")
     if not res.ok_rows():
         raise CannotRun(f"no op could be measured on {dev.name} (see the notes in {out_dir}/results.json)")
+    if not_counted:
+        raise not_counted
 
 
-def _run_with_progress(items, config, dev, roofs, settings, on_row, run_plan) -> None:  # type: ignore[no-untyped-def]
+def run_with_progress(items, config, dev, roofs, settings, on_row, run_plan) -> None:  # type: ignore[no-untyped-def]
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("[bold]{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
@@ -268,7 +272,7 @@ def calibrate_cmd(
     info(f"{'Cached' if cached else 'Measured'} roofs of {dev.name} in {time.perf_counter() - t0:.1f} s "
          f"({ceilings.cache_path(dev)})")
     if out:
-        ceilings.save(measured, _writable_dir(out) / "ceilings.json")
+        ceilings.save(measured, writable_dir(out) / "ceilings.json")
     devices(device)
 
 
@@ -286,6 +290,12 @@ app.command("compare")(compare_command)
 from roofline.report import report_command  # noqa: E402
 
 app.command("report")(report_command)
+from roofline.sweep import sweep_command  # noqa: E402
+
+app.command("sweep")(sweep_command)
+from roofline.tp_scaling import tp_scaling_command  # noqa: E402
+
+app.command("tp-scaling")(tp_scaling_command)
 # --- end of command registry ---
 
 
@@ -296,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     importing click: they are recognised by shape (exit_code, format_message), not by import.
     """
     args = sys.argv[1:] if argv is None else argv
-    _argv[:] = args
+    command_line[:] = args
     try:
         result = app(args=args, prog_name="roofline", standalone_mode=False)
     except RooflineError as exc:

@@ -54,6 +54,7 @@ class BlockConfig:
     dtype: str = "bf16"
     mode: str = "prefill"
     norm_eps: float = 1e-5
+    tp: int = 1  # tensor-parallel ranks; when > 1 this config is one rank's shard (see `shard`)
 
     @property
     def q_len(self) -> int:
@@ -83,6 +84,23 @@ class BlockConfig:
 
     def replace(self, **changes: object) -> BlockConfig:
         return validate(dataclasses.replace(self, **changes))
+
+    def shard(self, tp: int) -> BlockConfig:
+        """One rank's slice of this block under Megatron tensor parallelism over `tp` ranks.
+
+        QKV and FFN-up are split by output columns, the output projection and FFN-down by input rows, so each
+        rank holds n_heads/tp query heads, n_kv_heads/tp KV heads and ffn_dim/tp FFN columns: the shard is this
+        config with those three divided (every op formula then counts one rank's work). d_model, the tokens and
+        the norms stay whole (replicated); the all-reduces that sum the partial outputs are ops/comm.py.
+        """
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise RooflineError(f"--tp must be a positive integer, got {tp!r}")
+        bad = [f"{name} ({getattr(self, name)})" for name in ("n_heads", "n_kv_heads", "ffn_dim")
+               if getattr(self, name) % tp]
+        if bad:
+            raise RooflineError(f"--tp {tp} must divide {' and '.join(bad)}")
+        return self.replace(n_heads=self.n_heads // tp, n_kv_heads=self.n_kv_heads // tp,
+                            ffn_dim=self.ffn_dim // tp, tp=self.tp * tp)
 
 
 def available_models() -> list[str]:
@@ -119,7 +137,7 @@ def make_config(model: str = DEFAULT_MODEL, **overrides: object) -> BlockConfig:
 
 def validate(c: BlockConfig) -> BlockConfig:
     """Reject impossible shapes with one clear line (exit code 2), before anything is allocated."""
-    positive = ("d_model", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "batch", "seq_len")
+    positive = ("d_model", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "batch", "seq_len", "tp")
     for field in positive:
         value = getattr(c, field)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

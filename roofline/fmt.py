@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from roofline.results import Results
 
 
 def _scaled(value: float | None, units: list[tuple[float, str]], digits: int = 3) -> str:
@@ -53,3 +57,17 @@ def si(value: float | None, unit: str = "") -> str:
     """Compact SI form for dense tables: 1.10 T, 269 M (unit appended, e.g. 'B')."""
     return _scaled(value, [(1e15, "P" + unit), (1e12, "T" + unit), (1e9, "G" + unit), (1e6, "M" + unit),
                            (1e3, "k" + unit), (1, unit)])
+
+
+def run_fields(results: Results) -> list[str]:
+    """The run in a few words, most general first: model, mode, batch, shape, dtype, device."""
+    c: dict[str, Any] = results.run.get("config", {})  # type: ignore[assignment]
+    device: dict[str, Any] = results.run.get("device", {})  # type: ignore[assignment]
+    shape = f"seq {c.get('seq_len')}" if c.get("mode") != "decode" else f"kv {c.get('kv_len')}"
+    return [str(c.get("name", "?")), str(c.get("mode", "?")), f"batch {c.get('batch')}", shape, str(c.get("dtype")),
+            str(device.get("name", "?"))]
+
+
+def describe_run(results: Results) -> str:
+    """'gpt-7b · prefill · batch 1 · seq 8192 · bf16 · NVIDIA H100 SXM': the run in one line (table, plots, report)."""
+    return " · ".join(run_fields(results))

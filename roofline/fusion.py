@@ -9,9 +9,12 @@ the chain's ops), each chain op at its first (baseline) variant; after = each fu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from roofline.ops import CATALOG, Op
 from roofline.results import Results, Row
+
+if TYPE_CHECKING:
+    from roofline.ops import Op
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,13 @@ class FusionResult:
         return self.chain_peak_mem - self.fused_peak_mem
 
 
-def groups(catalog: tuple[Op, ...] = CATALOG) -> list[FusionGroup]:
+def groups(catalog: tuple[Op, ...] | None = None) -> list[FusionGroup]:
+    """The fusion groups of the catalog. It is imported here, not at module level, so that importing this module
+    (plots, reports, compare) does not import the catalog's modules and with them torch."""
+    if catalog is None:
+        from roofline.ops import CATALOG
+
+        catalog = CATALOG
     found = []
     for op in catalog:
         if op.replaces:
@@ -59,7 +68,8 @@ def groups(catalog: tuple[Op, ...] = CATALOG) -> list[FusionGroup]:
     return found
 
 
-def _baseline(results: Results, op: str) -> Row | None:
+def baseline(results: Results, op: str) -> Row | None:
+    """The op's first (baseline) variant if it was measured ok and is not itself fused, else None."""
     candidates = [r for r in results.rows if r.op == op]
     if not candidates:
         return None
@@ -73,12 +83,12 @@ def summarize(results: Results) -> list[FusionResult]:
     present = {r.op for r in results.rows}
     for g in groups():
         chain_names = [name for name in g.chain if name in present]
-        chain = [_baseline(results, name) for name in chain_names]
+        chain = [baseline(results, name) for name in chain_names]
         if not chain or any(r is None for r in chain):
             continue
         chain_rows = [r for r in chain if r is not None]
         mems = [r.peak_mem_bytes for r in chain_rows]
-        unfused = _baseline(results, g.fused_op) if g.chain != (g.fused_op,) else None
+        unfused = baseline(results, g.fused_op) if g.chain != (g.fused_op,) else None
         chain_mem = unfused.peak_mem_bytes if unfused else (None if None in mems else max(mems))  # type: ignore
         for fused in (r for r in results.ok_rows() if r.op == g.fused_op and r.fused):
             out.append(FusionResult(
@@ -93,12 +103,18 @@ def summarize(results: Results) -> list[FusionResult]:
     return out
 
 
+def unfused_block(results: Results) -> list[Row]:
+    """The unfused block in block order: the baseline row of each plain op (ops that stand for a chain, such as
+    attention, left out), those measured ok only."""
+    fused_ops = {g.fused_op for g in groups() if g.chain != (g.fused_op,)}
+    rows = (baseline(results, op) for op in dict.fromkeys(r.op for r in results.rows) if op not in fused_ops)
+    return [r for r in rows if r is not None]
+
+
 def block_time_split(results: Results) -> dict[str, float]:
     """Seconds per block in compute- vs memory-bound ops, unfused block (baseline variant of each plain op)."""
     split = {"compute": 0.0, "memory": 0.0}
-    fused_ops = {g.fused_op for g in groups() if g.chain != (g.fused_op,)}
-    for op in {r.op for r in results.rows} - fused_ops:
-        row = _baseline(results, op)
-        if row and row.bound in split:
+    for row in unfused_block(results):
+        if row.bound in split:
             split[row.bound] += (row.time_median_s or 0.0) * row.per_block
     return split

@@ -58,8 +58,12 @@ class Roofs:
     datasheet_bandwidth: float
     measured_flops: dict[str, float]
     measured_bandwidth: float
+    interconnect_bandwidth: float = 0.0  # `profile --tp`: all-reduce bus bandwidth across the ranks (comm.busbw)
+    interconnect_source: str = ""
 
     def peak(self, key: str) -> tuple[float, str]:
+        if key == model.COMM_ROOF:  # a collective's reduction adds run on the CUDA cores
+            key = "vector.fp32"
         for flops, source in ((self.measured_flops, "measured"), (self.datasheet_flops, "datasheet")):
             if key in flops:
                 return flops[key], source
@@ -67,10 +71,34 @@ class Roofs:
         best = max(fallback.values()) if fallback else float("nan")
         return best, "nearest"
 
-    def bandwidth(self) -> tuple[float, str]:
+    def bandwidth(self, key: str = "") -> tuple[float, str]:
+        if key == model.COMM_ROOF:
+            return self.interconnect_bandwidth or float("nan"), self.interconnect_source or "none"
         if self.measured_bandwidth:
             return self.measured_bandwidth, "measured"
         return self.datasheet_bandwidth, "datasheet"
+
+
+def load_roofs(info: DeviceInfo, calibrate: bool = False, warn: Callable[[str], None] = lambda m: None,
+               say: Callable[[str], None] = lambda m: None) -> tuple[Roofs, dict[str, object] | None]:
+    """The roofs to place rows against, and the measured ceilings (as saved in run metadata) if any.
+
+    Measured roofs come from `roofline calibrate`'s cache; `calibrate` measures them first. The CPU has no
+    datasheet, so its roofs are always measured (quickly, then cached).
+    """
+    from roofline import ceilings
+
+    measured = None
+    if calibrate or info.kind == "cpu":
+        measured, cached = ceilings.get_ceilings(info, force=calibrate, quick=not calibrate, warn=warn)
+        say(f"{'Using cached' if cached else 'Measured'} roofs of {info.name}")
+    else:
+        measured = ceilings.load_cached(info, warn)
+        say(f"Using measured roofs of {info.name} cached by `roofline calibrate`" if measured
+            else "Using datasheet roofs (run `roofline calibrate` once for measured ones)")
+    roofs = Roofs(info.peak_flops, info.memory_bandwidth, measured.peak_flops if measured else {},
+                  measured.memory_bandwidth if measured else 0.0)
+    return roofs, measured.to_dict() if measured else None
 
 
 def base_row(op: Op, variant: Variant, c: BlockConfig) -> Row:
@@ -127,10 +155,12 @@ def _finish(row: Row, status: str, note: str) -> Row:
 def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: DeviceInfo, roofs: Roofs,
                   timer: Timer, settings: Settings, index: int) -> None:
     device = info.torch_device
+    phases = _Phases(f"{op.name}·{variant.name}")
     gen = torch.Generator(device=device).manual_seed(settings.seed * 1000 + index)
     inputs = op.make_inputs(c, device, gen)
     fn = variant.build(c, inputs)
     out, row.first_call_s = timer.first_call(fn)
+    phases.mark("inputs+first call")
 
     rows_gen = torch.Generator().manual_seed(settings.seed * 1000 + index)
     primary = out[0] if isinstance(out, tuple) else out
@@ -141,6 +171,7 @@ def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: Devi
     if not row.error <= row.tolerance:
         raise CheckFailed(f"relative error {row.error:.2e} > tolerance {row.tolerance:.0e}")
     del out, primary
+    phases.mark("check")
 
     if info.kind == "cuda":
         torch.cuda.synchronize(device)
@@ -151,8 +182,11 @@ def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: Devi
         row.peak_mem_bytes = torch.cuda.max_memory_allocated(device) - base
         del out
 
+    phases.mark("peak memory")
     timer.warm_up(fn, row.first_call_s)
+    phases.mark("warm-up")
     stats = timer.time(fn, settings.budget_s, settings.min_samples)
+    phases.mark(f"timing ({stats.samples} samples)")
     row.time_median_s, row.time_p20_s, row.time_p80_s = stats.median_s, stats.p20_s, stats.p80_s
     row.samples, row.rel_err, row.stop_reason = stats.samples, stats.rel_err, stats.stop_reason
     row.time_samples_s = stats.samples_s
@@ -160,13 +194,30 @@ def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: Devi
     row.sm_clock_mhz, row.mem_clock_mhz = clocks.get("sm_clock_mhz"), clocks.get("mem_clock_mhz")  # type: ignore
     row.throttle = str(clocks.get("throttle", ""))
     place_row(row, roofs)
+    phases.report()
+
+
+class _Phases:
+    """Wall time per measurement phase, printed to stderr when ROOFLINE_DEBUG is set (why was a run slow?)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.t, self.parts = name, time.perf_counter(), []  # type: ignore[var-annotated]
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.parts.append(f"{phase} {now - self.t:.3f}s")
+        self.t = now
+
+    def report(self) -> None:
+        if os.environ.get("ROOFLINE_DEBUG"):
+            print(f"[roofline] {self.name}: " + ", ".join(self.parts), file=sys.stderr, flush=True)
 
 
 def place_row(row: Row, roofs: Roofs) -> None:
     """Fill the roofline columns of a timed row."""
     row.ceiling = model.ceiling_key(row.unit, row.dtype)
     peak, source = roofs.peak(row.ceiling)
-    bandwidth, bw_source = roofs.bandwidth()
+    bandwidth, bw_source = roofs.bandwidth(row.ceiling)
     row.ceiling_source = source if source == bw_source else f"{source} compute, {bw_source} memory"
     point = model.place(row.flops, row.min_bytes, row.time_median_s or float("nan"), peak, bandwidth)
     row.peak_flops_per_s, row.peak_bytes_per_s = peak, bandwidth

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+COMM_ROOF = "comm.busbw"  # a collective's roof: the interconnect's bus bandwidth (NCCL-tests convention)
+
 
 def ceiling_key(unit: str, dtype: str) -> str:
-    """Which compute roof applies: tensor cores at the op's dtype, or fp32 CUDA cores.
+    """Which roof applies: tensor cores at the op's dtype, fp32 CUDA cores, or the interconnect for a collective.
 
     An fp32 matmul without TF32 runs on CUDA cores (FFMA), so it meets the vector roof; element-wise ops
-    compute in fp32 whatever their storage dtype.
+    compute in fp32 whatever their storage dtype. A collective ("comm") is bound by the bus bandwidth between
+    the ranks, its reduction adds by the CUDA cores (measure.Roofs maps both).
     """
+    if unit == "comm":
+        return COMM_ROOF
     if unit == "tensor" and dtype != "fp32":
         return f"tensor.{dtype}"
     return "vector.fp32"
@@ -57,6 +62,7 @@ def place(flops: float, min_bytes: float, time_s: float, peak_flops: float, band
     achieved = flops / time_s
     return RooflinePoint(
         intensity=ai, achieved_flops=achieved, achieved_bytes=min_bytes / time_s, attainable_flops=attain,
-        bound=bound(ai, peak_flops, bandwidth), pct_of_roof=100.0 * achieved / attain,
+        bound=bound(ai, peak_flops, bandwidth),
+        pct_of_roof=100.0 * (achieved / attain if attain != 0 else min_bytes / time_s / bandwidth),  # 0 FLOPs: bytes
         floor_s=max(flops / peak_flops, min_bytes / bandwidth),
     )

@@ -2,8 +2,9 @@
 
 Knows nothing about ops: counters.py says which metrics to collect and how kernels map back to ops. What this
 module handles is ncu's behaviour:
-- a metric name this ncu or GPU does not know fails the whole run ("Failed to find metric …"): the run is
-  retried without it, and the dropped names are reported;
+- a metric name this ncu or GPU does not know either fails the whole run ("Failed to find metric …"; the
+  run is retried without it) or is silently left out of the report (ncu 2025.3 on H100 does this for
+  sm__ops_path_tensor_src_fp16_*): both kinds are reported as dropped;
 - reading counters may need permission (ERR_NVGPUCTRPERM): one clear message, no retry;
 - clocks: `--clock-control none` always — counters count bytes and instructions, which do not depend on the
   clock, and locking clocks needs a permission most machines do not give (ncu's default then aborts);
@@ -27,9 +28,12 @@ class NcuProblem(Exception):
     """ncu is missing, may not read the counters, or profiled nothing: the message says what to do."""
 
 
+TOOLKIT_NCU = "/usr/local/cuda/bin/ncu"
+
+
 def find(ncu_path: str | None) -> str:
     """The ncu executable: --ncu PATH, else `ncu` on PATH, else the CUDA toolkit's."""
-    candidates = [ncu_path] if ncu_path else [shutil.which("ncu"), "/usr/local/cuda/bin/ncu"]
+    candidates = [ncu_path] if ncu_path else [shutil.which("ncu"), TOOLKIT_NCU]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return candidate
@@ -45,14 +49,15 @@ def command(ncu: str, metrics: list[str], app: list[str], report: Path, nvtx_inc
             "--export", str(report), "--force-overwrite", *app]
 
 
-_REJECTED = re.compile(r"Failed to find metrics?:?\s*\"?([A-Za-z0-9_.]+)|[Mm]etric\s+\"?([A-Za-z0-9_.]+)\"?\s+"
-                       r"(?:not found|is not (?:a )?valid|does not exist|is not available)")
+_REJECTION_WORDS = ("find", "unknown", "invalid", "not found", "not available", "not supported", "does not exist")
 
 
 def rejected_metrics(log: str, metrics: list[str]) -> list[str]:
-    """Those of `metrics` that ncu said it does not know (its wording varies by version)."""
-    named = {a or b for a, b in _REJECTED.findall(log)}
-    return [m for m in metrics if m in named or m.split(".")[0] in named]
+    """Those of `metrics` that an ncu error or warning line names as unknown (the wording varies by version)."""
+    lines = [ln for ln in log.splitlines() if ln.startswith(("==ERROR==", "==WARNING=="))
+             and any(w in ln.lower() for w in _REJECTION_WORDS)]
+    named = lambda name, line: re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", line)  # noqa: E731
+    return [m for m in metrics if any(named(m, ln) or named(m.split(".")[0], ln) for ln in lines)]
 
 
 def permission_problem(log: str) -> str | None:
@@ -120,7 +125,10 @@ def profile(ncu: str, metrics: list[str], app: list[str], work_dir: Path, nvtx_i
                             capture_output=True, text=True, errors="replace")
     if export.returncode != 0:
         raise NcuProblem(f"ncu could not export {report}: {export.stderr.strip()[:300]}")
-    return NcuRun(export.stdout, log, metrics, dropped, time.perf_counter() - t0)
+    header = next(csv.reader(ln for ln in export.stdout.splitlines() if not ln.startswith("==")), [])
+    silent = [m for m in metrics if m not in header]  # some ncu versions drop a name they don't know, silently
+    return NcuRun(export.stdout, log, [m for m in metrics if m not in silent], dropped + silent,
+                  time.perf_counter() - t0)
 
 
 @dataclass

@@ -21,8 +21,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from roofline import fmt, model
+from roofline.fmt import describe_run
 from roofline.fusion import FusionResult, summarize
-from roofline.plot_labels import Label, Obstacle, flat_label, line_obstacles, place_labels, point_obstacles, slope_label
+from roofline.plot_labels import (
+    LINE_COST,
+    Label,
+    Obstacles,
+    flat_label,
+    line_obstacles,
+    place_labels,
+    point_obstacles,
+    slope_label,
+)
 from roofline.results import Results
 
 if TYPE_CHECKING:
@@ -41,6 +51,7 @@ DEVICE_ROOF_COLORS = ("#333333", "#9a7418", "#2b7a78", "#7a2b5e")
 RUN_STYLES = ({"filled": True, "alpha": 0.95}, {"filled": False, "alpha": 1.0},
               {"filled": True, "alpha": 0.4}, {"filled": False, "alpha": 0.5})
 MARKER_AREA = 70.0  # scatter size, points²
+RIDGE_ANGLES = (150, 165, 135, 180, 120, 195)  # up-left of a ridge is empty: nothing beats the memory roof
 SPEEDUP_GOOD, SPEEDUP_BAD = "#1a7f37", "#b42318"
 
 
@@ -54,31 +65,26 @@ def variant_marker(variant: str) -> str:
     return SPARE_MARKERS[sum(map(ord, variant)) % len(SPARE_MARKERS)]  # stable across runs and processes
 
 
-def describe_run(results: Results) -> str:
-    """'gpt-7b · prefill · batch 1 · seq 8192 · bf16 · NVIDIA H100 SXM': the run in one line."""
-    c: dict[str, Any] = results.run.get("config", {})  # type: ignore[assignment]
-    shape = f"seq {c.get('seq_len')}" if c.get("mode") != "decode" else f"kv {c.get('kv_len')}"
-    return (f"{c.get('name', '?')} · {c.get('mode', '?')} · batch {c.get('batch')} · {shape} · "
-            f"{c.get('dtype')} · {_device(results).get('name', '?')}")
-
-
 def run_labels(results_list: list[Results]) -> list[str]:
-    """A short name per run that tells overlaid runs apart: only the fields that differ ('seq 2048')."""
-    def cfg(r: Results) -> dict[str, Any]:
-        return r.run.get("config", {})  # type: ignore[return-value]
+    """A short name per run that tells overlaid runs apart: only the fields that differ ('seq 2048'), else when
+    each was started ('run 2 (08:42:42)')."""
+    fields = [fmt.run_fields(r) for r in results_list]
+    differing = [k for k in range(len(fields[0])) if len({f[k] for f in fields}) > 1]
+    labels = [" · ".join(f[k] for k in differing) for f in fields]
+    if len(set(labels)) == len(labels):
+        return labels
+    started = [str(r.run.get("started_at", "?")) for r in results_list]
+    same_day = len({s[:10] for s in started}) == 1
+    return [f"run {i + 1} ({s[11:19] if same_day else s[:16].replace('T', ' ')})" for i, s in enumerate(started)]
 
-    fields: list[Callable[[Results], str]] = [
-        lambda r: str(_device(r).get("name", "?")), lambda r: str(cfg(r).get("name")),
-        lambda r: str(cfg(r).get("mode")), lambda r: f"batch {cfg(r).get('batch')}",
-        lambda r: f"seq {cfg(r).get('seq_len')}",
-        lambda r: f"kv {cfg(r).get('kv_len')}" if cfg(r).get("mode") == "decode" else "",
-        lambda r: str(cfg(r).get("dtype")),
-    ]
-    differing = [f for f in fields if len({f(r) for r in results_list}) > 1]
-    labels = [" · ".join(f(r) for f in differing if f(r)) for r in results_list]
-    if len(set(labels)) < len(labels):
-        labels = [f"run {i + 1} ({r.run.get('started_at', '?')})" for i, r in enumerate(results_list)]
-    return labels
+
+def describe_runs(results_list: list[Results]) -> str:
+    """The title of one run, or of several overlaid: what they share, then 'seq 2048 vs seq 8192'."""
+    if len(results_list) == 1:
+        return describe_run(results_list[0])
+    fields = [fmt.run_fields(r) for r in results_list]
+    shared = [value for k, value in enumerate(fields[0]) if all(f[k] == value for f in fields)]
+    return " · ".join([*shared, " vs ".join(run_labels(results_list))])
 
 
 def _device(results: Results) -> dict[str, Any]:
@@ -109,13 +115,18 @@ def roofs(results: Results) -> list[Roof]:
     sheet = peaks.get("datasheet") or {}
     measured = peaks.get("measured") or {}
     sheet_bw, measured_bw = sheet.get("memory_bandwidth") or 0.0, measured.get("memory_bandwidth") or 0.0
-    used = sorted({r.ceiling for r in results.ok_rows() if r.ceiling}, key=lambda k: (not k.startswith("tensor"), k))
+    used = sorted({r.ceiling for r in results.ok_rows() if r.ceiling}, key=roof_order)
     device = str(_device(results).get("name", "?"))
     out = []
     for source, flops, bandwidth in (("datasheet", sheet.get("flops") or {}, sheet_bw or measured_bw),
                                      ("measured", measured.get("peak_flops") or {}, measured_bw or sheet_bw)):
         out += [Roof(device, key, source, flops[key], bandwidth) for key in used if flops.get(key) and bandwidth]
     return out
+
+
+def roof_order(key: str) -> tuple[bool, str]:
+    """Sort key for roofs: tensor-core roofs first, then by name."""
+    return not key.startswith("tensor"), key
 
 
 def roof_name(key: str, device_kind: str = "cuda") -> str:
@@ -136,16 +147,31 @@ def new_figure(width: float, height: float, layout: str | None = None) -> Figure
     return fig
 
 
-def figure_bytes(fig: Figure, fmt_name: str) -> bytes:
-    """PNG (150 dpi) or SVG (text as paths: no fonts needed to view it) of a figure, reproducibly."""
+def figure_files(fig: Figure, formats: tuple[str, ...] = ("png", "svg")) -> dict[str, bytes]:
+    """PNG (150 dpi) and/or SVG (text as paths: no fonts needed to view it) of a figure, reproducibly.
+
+    The layout is done once: one draw without rendering runs the layout engine and measures the tight bounding
+    box, then the layout is frozen and each format is rendered once. (`bbox_inches="tight"` would lay the
+    figure out again and draw it twice per format.)
+    """
     import matplotlib
 
-    buf = io.BytesIO()
-    metadata = {"Date": None} if fmt_name == "svg" else {"Software": None}
-    with matplotlib.rc_context({"svg.hashsalt": "roofline", "svg.fonttype": "path"}):
-        fig.savefig(buf, format=fmt_name, dpi=150, metadata=metadata, facecolor="white", bbox_inches="tight",
-                    pad_inches=0.15)
-    return buf.getvalue()
+    fig.draw_without_rendering()
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.15)  # type: ignore[attr-defined]
+    fig.set_layout_engine("none")
+    out = {}
+    for fmt_name in formats:
+        buf = io.BytesIO()
+        metadata = {"Date": None} if fmt_name == "svg" else {"Software": None}
+        with matplotlib.rc_context({"svg.hashsalt": "roofline", "svg.fonttype": "path"}):
+            fig.savefig(buf, format=fmt_name, dpi=150, metadata=metadata, facecolor="white", bbox_inches=bbox)
+        out[fmt_name] = buf.getvalue()
+    return out
+
+
+def figure_bytes(fig: Figure, fmt_name: str) -> bytes:
+    """One format of figure_files."""
+    return figure_files(fig, (fmt_name,))[fmt_name]
 
 
 def _log_limits(values: list[float], pad_low: float, pad_high: float) -> tuple[float, float]:
@@ -164,20 +190,18 @@ def _chain_point(results: Results, f: FusionResult) -> tuple[float, float] | Non
 
 def roofline_figure(results_list: list[Results]) -> Figure:
     """The roofline of one or several runs (overlaid), ready to save."""
-    from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig = new_figure(12.5, 7.4)
     ax = fig.add_axes((0.075, 0.085, 0.68, 0.84))
     labels = run_labels(results_list)
-    title = describe_run(results_list[0]) if len(results_list) == 1 else " vs ".join(labels)
-    ax.set_title(f"Roofline · {title}", loc="left", fontsize=12, fontweight="bold", pad=10)
+    ax.set_title(f"Roofline · {describe_runs(results_list)}", loc="left", fontsize=12, fontweight="bold", pad=10)
 
     all_roofs = [roof for r in results_list for roof in roofs(r)]
     points, chains = _points(results_list), _chains(results_list)
     xs = [p[1] for p in points] + [c[1][0] for c in chains] + [roof.ridge for roof in all_roofs]
     ys = [p[2] for p in points] + [c[1][1] for c in chains] + [roof.peak_flops for roof in all_roofs]
-    xlim, ylim = _log_limits(xs, 3, 3), _log_limits(ys, 2, 4)
+    xlim, ylim = _log_limits(xs, 3, 5), _log_limits(ys, 2, 4)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(*xlim)
@@ -186,19 +210,36 @@ def roofline_figure(results_list: list[Results]) -> Figure:
     ax.set_ylabel("achieved FLOP/s")
     ax.xaxis.set_major_locator(LogLocator(base=10))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.si(v, "FLOP/s")))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.si(float(f"{v:.6g}"), "FLOP/s")))  # 1e15-ε
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="major", color="#e4e4e4", linewidth=0.6)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 
-    taken = point_obstacles(ax, [(p[1], p[2]) for p in points] + [c[1] for c in chains], MARKER_AREA)
-    taken += _shade_regions(ax, results_list[0], xlim, ylim)
+    taken = Obstacles()
+    taken.add(point_obstacles(ax, [(p[1], p[2]) for p in points] + [c[1] for c in chains], MARKER_AREA), 1.0)
+    taken.add(_shade_regions(ax, results_list[0], xlim, ylim), 1.0)
+    chain_labels, arrow_paths, speedups = _draw_fusions(ax, chains)
+    taken.add(line_obstacles(ax, arrow_paths), LINE_COST)
     ridge_labels = _draw_roofs(ax, all_roofs, xlim, ylim, taken, str(_device(results_list[0]).get("kind", "cuda")))
-    point_labels = _draw_points(ax, points, results_list)
-    speedup_labels, arrow_paths = _draw_fusions(ax, chains, labels)
-    place_labels(ax, speedup_labels + point_labels + ridge_labels, taken + line_obstacles(ax, arrow_paths))
+    point_labels = _draw_points(ax, points, results_list, speedups)
+    place_labels(ax, ridge_labels + chain_labels + point_labels, taken)
+
+    _legend(fig, points, labels, {roof.source for roof in all_roofs}, bool(chains))
+    not_shown = _not_shown(results_list, labels)
+    if not_shown:
+        fig.text(0.075, 0.012, not_shown, fontsize=8, color="#5f6b76", ha="left", va="bottom", wrap=True)
+    return fig
+
+
+Point = tuple[Any, float, float, int]  # (row, intensity, achieved FLOP/s, run index)
+Chain = tuple[FusionResult, tuple[float, float], Any, int]  # (fusion, chain point, fused row, run index)
+
+
+def _legend(fig: Figure, points: list[Point], run_names: list[str], sources: set[str], fusions: bool) -> None:
+    """One legend beside the axes, in sections: group colours, variant markers, runs, roofs, fusion arrows."""
+    from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], linestyle="none", label="group")]
     for group in dict.fromkeys(p[0].group for p in points):
@@ -207,30 +248,27 @@ def roofline_figure(results_list: list[Results]) -> Figure:
     for variant in dict.fromkeys(p[0].variant for p in points):
         handles.append(Line2D([], [], marker=variant_marker(variant), linestyle="none", color="#555555",
                               markerfacecolor="#999999", label=variant))
-    if len(results_list) > 1:
+    if len(run_names) > 1:
         handles.append(Line2D([], [], linestyle="none", label="run"))
-        for i, label in enumerate(labels):
+        for i, label in enumerate(run_names):
             style = RUN_STYLES[i % len(RUN_STYLES)]
             handles.append(Line2D([], [], marker="o", linestyle="none", color="#444444", alpha=style["alpha"],
                                   markerfacecolor="#444444" if style["filled"] else "white", label=label))
-    handles.append(Line2D([], [], linestyle="none", label="roofs"))
-    handles.append(Line2D([], [], color="#333333", linestyle="-", label="datasheet"))
-    handles.append(Line2D([], [], color="#333333", linestyle="--", label="measured"))
-    if chains:
+    if sources:
+        handles.append(Line2D([], [], linestyle="none", label="roofs"))
+    for source, dashes in (("datasheet", "-"), ("measured", "--")):
+        if source in sources:
+            handles.append(Line2D([], [], color="#333333", linestyle=dashes, label=source))
+    if fusions:
         handles.append(Line2D([], [], marker="X", markersize=8, linestyle="none", color="#444444",
                               markerfacecolor="white", label="unfused chain"))
-        handles.append(Line2D([], [], color="#555555", marker=">", markevery=[1], label="→ fused (speedup)"))
+        handles.append(Line2D([], [], color="#555555", marker=">", markevery=[1],
+                              label="→ fused (speedup" + (", run by run)" if len(run_names) > 1 else ")")))
     legend = fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.775, 0.925), frameon=False,
                         fontsize=8.5, handlelength=1.8, borderaxespad=0)
     for text, handle in zip(legend.get_texts(), handles, strict=True):
         if handle.get_marker() in ("None", "", None) and handle.get_linestyle() in ("None", "none", ""):
             text.set_fontweight("bold")  # a section heading: no marker, no line
-
-    return fig
-
-
-Point = tuple[Any, float, float, int]  # (row, intensity, achieved FLOP/s, run index)
-Chain = tuple[FusionResult, tuple[float, float], Any, int]  # (fusion, chain point, fused row, run index)
 
 
 def _points(results_list: list[Results]) -> list[Point]:
@@ -254,7 +292,8 @@ def _chains(results_list: list[Results]) -> list[Chain]:
 
 def _primary_ridge(results: Results) -> tuple[float, str] | None:
     """The ridge the rows' `bound` used for the highest roof of the run (what the shading shows)."""
-    placed = [r for r in results.ok_rows() if r.peak_flops_per_s and r.peak_bytes_per_s]
+    placed = [r for r in results.ok_rows() if r.peak_flops_per_s and r.peak_bytes_per_s
+              and math.isfinite(r.peak_flops_per_s) and math.isfinite(r.peak_bytes_per_s)]
     if not placed:
         return None
     top = max(placed, key=lambda r: r.peak_flops_per_s or 0.0)
@@ -262,7 +301,7 @@ def _primary_ridge(results: Results) -> tuple[float, str] | None:
 
 
 def _shade_regions(ax: Axes, results: Results, xlim: tuple[float, float],
-                   ylim: tuple[float, float]) -> list[Obstacle]:
+                   ylim: tuple[float, float]) -> list[tuple[float, float, float, float]]:
     """Light memory/compute tints either side of the ridge; returns the boxes of their two captions."""
     found = _primary_ridge(results)
     if not found:
@@ -278,49 +317,76 @@ def _shade_regions(ax: Axes, results: Results, xlim: tuple[float, float],
         ax.text(ridge * 1.15, y, f"compute-bound →\n(ridge of {roof_name(key, kind)})", color=COMPUTE_COLOR,
                 ha="left", va="bottom", fontsize=9, fontweight="bold", alpha=0.85, linespacing=1.1)]
     renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]
-    return [(tuple(t.get_window_extent(renderer).extents), 1.0) for t in captions]  # type: ignore[misc]
+    return [tuple(t.get_window_extent(renderer).extents) for t in captions]  # type: ignore[misc]
 
 
 def _draw_roofs(ax: Axes, all_roofs: list[Roof], xlim: tuple[float, float], ylim: tuple[float, float],
-                taken: list[Obstacle], device_kind: str) -> list[Label]:
-    """Memory and compute roofs, each labelled with its value where it covers no marker; the label boxes and
-    the lines are appended to `taken` so op labels avoid them. Returns the ridge labels, placed with the ops'."""
+                taken: Obstacles, device_kind: str) -> list[Label]:
+    """Memory and compute roofs; the lines are added to `taken` so op labels avoid them. Each roof is labelled
+    once per device with both its values ('bf16 tensor cores 989 TFLOP/s datasheet, 754 TFLOP/s measured'),
+    above its highest line: nothing measured sits there, and the label may run on left of the ridge, over the
+    empty space above the memory roof. Returns the ridge labels (one per roof, both ridges), placed with the ops'."""
     colors = {d: DEVICE_ROOF_COLORS[i % len(DEVICE_ROOF_COLORS)]
               for i, d in enumerate(dict.fromkeys(r.device for r in all_roofs))}
-    several_devices = len(colors) > 1
-    drawn_memory: set[tuple[str, str, float]] = set()
-    ridge_labels = []
+    prefix = {d: f"{d}: " if len(colors) > 1 else "" for d in colors}
     lines = [[(r.ridge, r.peak_flops), (xlim[1], r.peak_flops)] for r in all_roofs]
     lines += [[(max(xlim[0], ylim[0] / r.bandwidth), max(xlim[0], ylim[0] / r.bandwidth) * r.bandwidth),
                (r.ridge, r.peak_flops)] for r in all_roofs]
-    taken += line_obstacles(ax, lines)
+    taken.add(line_obstacles(ax, lines), LINE_COST)
     for roof in dict.fromkeys(all_roofs):
-        color, dashes = colors[roof.device], "-" if roof.source == "datasheet" else "--"
-        prefix = f"{roof.device}: " if several_devices else ""
-        above = roof.source == "datasheet"  # measured roofs sit lower: their labels go below the line
-        ax.plot([roof.ridge, xlim[1]], [roof.peak_flops] * 2, color=color, linestyle=dashes, linewidth=1.6, zorder=2)
-        ax.plot([roof.ridge], [roof.peak_flops], marker="D", markersize=5, color=color, zorder=3,
-                markerfacecolor="white" if roof.source == "measured" else color)
-        text = f"{prefix}{roof_name(roof.key, device_kind)} {fmt.flops_rate(roof.peak_flops)} ({roof.source})"
-        flat_label(ax, text, color, (roof.ridge, xlim[1]), roof.peak_flops, above, taken)
-        ridge_labels.append(Label(roof.ridge, roof.peak_flops, f"ridge {roof.ridge:.3g} FLOP/B", color=color,
-                                  size=7))
-        memory_key = (roof.device, roof.source, roof.bandwidth)
-        if memory_key in drawn_memory:
-            continue
-        drawn_memory.add(memory_key)
-        top = max(r.peak_flops for r in all_roofs if (r.device, r.source, r.bandwidth) == memory_key)
+        dashes = "-" if roof.source == "datasheet" else "--"
         x0 = max(xlim[0], ylim[0] / roof.bandwidth)
-        ax.plot([x0, top / roof.bandwidth], [x0 * roof.bandwidth, top], color=color, linestyle=dashes,
-                linewidth=1.6, zorder=2)
-        slope_label(ax, f"{prefix}memory {fmt.bandwidth(roof.bandwidth)} ({roof.source})", color, roof.bandwidth,
-                     (x0, top / roof.bandwidth), above, taken)
+        ax.plot([x0, roof.ridge, xlim[1]], [x0 * roof.bandwidth, roof.peak_flops, roof.peak_flops],
+                color=colors[roof.device], linestyle=dashes, linewidth=1.6, zorder=2)
+        ax.plot([roof.ridge], [roof.peak_flops], marker="D", markersize=5, color=colors[roof.device], zorder=3,
+                markerfacecolor="white" if roof.source == "measured" else colors[roof.device])
+    ridge_labels = []
+    for (device, key), same in _by(all_roofs, lambda r: (r.device, r.key)).items():
+        top = max(same, key=lambda r: r.peak_flops)
+        values = _values(same, lambda r: fmt.si(r.peak_flops, "FLOP/s"))
+        text = f"{prefix[device]}{roof_name(key, device_kind)} {values}"
+        low = min(r.peak_flops for r in same)
+        flat_label(ax, text, colors[device], (top.ridge, xlim[1]), top.peak_flops, low, taken)
+        ridges = " · ".join(dict.fromkeys(f"{r.ridge:.3g}" for r in same))
+        ridge_labels.append(Label(top.ridge, top.peak_flops, f"ridge {ridges} FLOP/B", color=colors[device], size=7,
+                                  angles=RIDGE_ANGLES))
+    for device, same in _by(all_roofs, lambda r: r.device).items():
+        top = max(same, key=lambda r: (r.bandwidth, r.ridge))
+        left = max(xlim[0], ylim[0] / top.bandwidth)
+        text = f"{prefix[device]}memory {_values(same, lambda r: fmt.bandwidth(r.bandwidth))}"
+        slope_label(ax, text, colors[device], top.bandwidth, (left, top.ridge), taken)
     return ridge_labels
 
 
-def _draw_points(ax: Axes, points: list[Point], results_list: list[Results]) -> list[Label]:
+def _values(same: list[Roof], show: Callable[[Roof], str]) -> str:
+    """'989 TFLOP/s datasheet, 799 / 754 TFLOP/s measured': each source's distinct values (several runs of one
+    device may have calibrated differently). A bandwidth one source borrowed from the other is not repeated."""
+    by_source: dict[str, list[str]] = {}
+    for roof in same:
+        by_source.setdefault(roof.source, []).append(show(roof))
+    seen: set[str] = set()
+    parts = []
+    for source, values in by_source.items():
+        fresh = [v for v in dict.fromkeys(values) if v not in seen]
+        seen.update(fresh)
+        if fresh:
+            parts.append(f"{' / '.join(fresh)} {source}")
+    return ", ".join(parts)
+
+
+def _by(roofs_list: list[Roof], key: Callable[[Roof], Any]) -> dict[Any, list[Roof]]:
+    """Roofs grouped by key, in first-seen order; each group datasheet first, duplicates dropped."""
+    out: dict[Any, list[Roof]] = {}
+    for roof in dict.fromkeys(roofs_list):
+        out.setdefault(key(roof), []).append(roof)
+    return {k: sorted(v, key=lambda r: r.source != "datasheet") for k, v in out.items()}
+
+
+def _draw_points(ax: Axes, points: list[Point], results_list: list[Results],
+                 speedups: dict[tuple[str, str], list[float]]) -> list[Label]:
     """One marker per measured row; each (op, variant) labelled once, at its first run, and joined by a thin
-    line to the same row in later runs (so an overlay reads as 'this op moved from here to there')."""
+    line to the same row in later runs (so an overlay reads as 'this op moved from here to there'). A fused
+    variant's label carries its speedup over the unfused chain (one per run, in run order), in green or red."""
     labels, first = [], {}
     for row, x, y, i in points:
         style = RUN_STYLES[i % len(RUN_STYLES)]
@@ -336,28 +402,48 @@ def _draw_points(ax: Axes, points: list[Point], results_list: list[Results]) -> 
             continue
         first[row.op, row.variant] = (x, y)
         several = sum(r.op == row.op for r in results_list[i].ok_rows()) > 1
-        labels.append(Label(x, y, row.op + (f" · {row.variant}" if several else ""), color="#222222"))
+        text = row.op + (f" · {row.variant}" if several else "")
+        found = speedups.get((row.op, row.variant))
+        if not found:
+            labels.append(Label(x, y, text))
+            continue
+        text_color = (SPEEDUP_GOOD if min(found) >= 1 else SPEEDUP_BAD if max(found) < 1 else "#222222")
+        labels.append(Label(x, y, f"{text} {' → '.join(fmt.ratio(v) for v in found)}", color=text_color, bold=True))
     return labels
 
 
-def _draw_fusions(ax: Axes, chains: list[Chain], run_names: list[str]) -> tuple[list[Label], list[list[Any]]]:
-    """Arrows unfused chain → fused variant; returns the speedup labels and the arrows' data paths.
-    With several runs each speedup names its run, and each chain is labelled at its first run only."""
+def _draw_fusions(ax: Axes, chains: list[Chain]) -> tuple[list[Label], list[list[Any]],
+                                                           dict[tuple[str, str], list[float]]]:
+    """Arrows unfused chain → fused variant; returns the chains' labels (at their first run only), the arrows'
+    data paths and the speedups of each fused (op, variant), run by run, for its point label."""
     from matplotlib.patches import FancyArrowPatch
 
     labels, paths, drawn = [], [], set()
+    speedups: dict[tuple[str, str], list[float]] = {}
     for f, start, row, i in chains:
         end, color = (row.intensity, row.flops_per_s), group_color(row.group)
         if len(f.chain_ops) > 1 and (f.group, i) not in drawn:
             ax.scatter([start[0]], [start[1]], s=MARKER_AREA, marker="X", facecolors="white", edgecolors=color,
                        linewidths=1.4, zorder=5, alpha=RUN_STYLES[i % len(RUN_STYLES)]["alpha"])
             if not any(g == f.group for g, _ in drawn):
-                labels.append(Label(*start, "unfused " + "+".join(f.chain_ops), color="#444444"))
+                labels.append(Label(*start, "unfused " + " + ".join(f.chain_ops), color="#444444"))
             drawn.add((f.group, i))
-        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=11, color="#555555",
-                                     linewidth=1.1, shrinkA=5, shrinkB=6, zorder=4, alpha=0.85 if i == 0 else 0.5))
-        mid = (math.sqrt(start[0] * end[0]), math.sqrt(start[1] * end[1]))
-        text = f"{fmt.ratio(f.speedup)} {f.fused_variant}" + (f" ({run_names[i]})" if len(run_names) > 1 else "")
-        labels.append(Label(*mid, text, bold=True, color=SPEEDUP_GOOD if f.speedup >= 1 else SPEEDUP_BAD))
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=10, color="#666666",
+                                     linewidth=1.0, shrinkA=5, shrinkB=6, zorder=4, alpha=0.7 if i == 0 else 0.4))
+        speedups.setdefault((row.op, row.variant), []).append(f.speedup)
         paths.append([start, end])
-    return labels, paths
+    return labels, paths, speedups
+
+
+def _not_shown(results_list: list[Results], run_names: list[str]) -> str:
+    """'Not shown: residual_dropout_norm (eager, compile, triton) failed; …' for the rows that have no point."""
+    parts = []
+    for results, name in zip(results_list, run_names, strict=True):
+        missing: dict[tuple[str, str], list[str]] = {}
+        for r in results.rows:
+            if r.status != "ok":
+                missing.setdefault((r.op, r.status), []).append(r.variant)
+        found = "; ".join(f"{op} ({', '.join(variants)}) {status}" for (op, status), variants in missing.items())
+        if found:
+            parts.append(f"{name}: {found}" if len(results_list) > 1 else found)
+    return "Not shown: " + " · ".join(parts) + " (see the report's warnings)" if parts else ""

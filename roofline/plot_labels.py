@@ -2,15 +2,20 @@
 
 Each label tries positions on rings of growing radius around its anchor (right, left, the diagonals, above,
 below) and takes the first whose box covers no placed label, no marker, no roof label and stays inside the
-axes; when every candidate collides it takes the one that overlaps least. Lines (the fusion arrows) are soft
+axes; when every candidate collides it takes the one that overlaps least. Lines (roofs, fusion arrows) are soft
 obstacles: crossing one costs less than covering a label. A label pushed away from its point gets a thin
-leader line back to it. Call it last, after the axes limits and the layout are final (`fig.canvas.draw()`).
+leader line back to it, and the leader too avoids other labels. Call it after the axes limits and position
+are final: everything is computed in display pixels.
+
+All candidates of a label are scored at once with numpy (candidate boxes × nearby obstacles), which keeps a
+dense plot of ~40 labels at a few tens of milliseconds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,14 +25,17 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in display pixels
-Obstacle = tuple[Box, float]  # a box and the cost of covering one pixel of it
 
-RADII_PX = (7, 13, 21, 32, 46, 64, 86, 112, 145)
+RADII_PX = (6, 12, 20, 30, 44, 62, 84, 110, 140)
 ANGLES_DEG = (0, 180, 28, -28, 152, -152, 90, -90, 60, -60, 120, -120)
 LEADER_FROM_PX = 15  # a label farther than this from its point gets a leader line
+LEADER_STEP_PX = 5
 OUTSIDE_COST = 20.0  # per pixel of label outside the axes
-LINE_COST = 0.3
-AMBIGUOUS_COST = 150.0
+LINE_COST = 0.3  # per pixel of a line (roof, arrow, leader) under a label
+LEADER_COST = 12.0  # a leader line crossing something: × the covered pixels of its small boxes
+AMBIGUOUS_COST = 150.0  # a label nearer another point than its own reads as naming that one
+COINCIDENT_PX = 6  # points closer than this hide each other: one label names them all
+ROOF_FONT_SIZE = 8.5
 
 
 @dataclass(frozen=True)
@@ -38,174 +46,216 @@ class Label:
     color: str = "#222222"
     bold: bool = False
     size: float = 7.5
+    angles: tuple[int, ...] = ANGLES_DEG  # directions to try, in order of preference
 
 
-def point_obstacles(ax: Axes, points: Sequence[tuple[float, float]], marker_area: float) -> list[Obstacle]:
+class Obstacles:
+    """Boxes in display pixels, each with the cost of covering one of its pixels, kept as arrays so that every
+    candidate position of a label is scored in one numpy expression."""
+
+    def __init__(self) -> None:
+        self.boxes = np.empty((0, 4))
+        self.weights = np.empty(0)
+
+    def add(self, boxes: np.ndarray | Sequence[Box], weight: float) -> None:
+        boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
+        self.boxes = np.vstack([self.boxes, boxes])
+        self.weights = np.concatenate([self.weights, np.full(len(boxes), weight)])
+
+    def covered(self, boxes: np.ndarray) -> np.ndarray:
+        """Weighted pixels of obstacles under each of `boxes` (n × 4): one number per box."""
+        if not len(boxes) or not len(self.boxes):
+            return np.zeros(len(boxes))
+        lo, hi = boxes[:, :2].min(axis=0), boxes[:, 2:].max(axis=0)
+        near = ((self.boxes[:, 0] < hi[0]) & (self.boxes[:, 2] > lo[0]) & (self.boxes[:, 1] < hi[1])
+                & (self.boxes[:, 3] > lo[1]))
+        others, weights = self.boxes[near], self.weights[near]
+        w = np.minimum(boxes[:, None, 2], others[None, :, 2]) - np.maximum(boxes[:, None, 0], others[None, :, 0])
+        h = np.minimum(boxes[:, None, 3], others[None, :, 3]) - np.maximum(boxes[:, None, 1], others[None, :, 1])
+        return (np.clip(w, 0, None) * np.clip(h, 0, None)) @ weights
+
+
+def point_obstacles(ax: Axes, points: Sequence[tuple[float, float]], marker_area: float) -> np.ndarray:
     """A square box per marker (scatter size in points²), with a margin so no label touches a marker and reads
     as naming it."""
     half = math.sqrt(marker_area) / 2 * ax.figure.dpi / 72 + 3
-    out = []
-    for x, y in points:
-        px, py = ax.transData.transform((x, y))
-        out.append(((px - half, py - half, px + half, py + half), 1.0))
-    return out
+    xy = ax.transData.transform(np.asarray(points, dtype=float).reshape(-1, 2))
+    return np.hstack([xy - half, xy + half])
 
 
-def line_obstacles(ax: Axes, paths: Sequence[Sequence[tuple[float, float]]], step_px: float = 5) -> list[Obstacle]:
-    """Small soft boxes every few pixels along each polyline (data coordinates)."""
-    out = []
+def line_obstacles(ax: Axes, paths: Sequence[Sequence[tuple[float, float]]], step_px: float = 5,
+                   half_px: float = 2) -> np.ndarray:
+    """Small boxes every few pixels along each polyline (data coordinates)."""
+    out = [np.empty((0, 4))]
     for path in paths:
-        pts = ax.transData.transform(path)
-        for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:], strict=True):
-            n = max(1, int(math.hypot(x1 - x0, y1 - y0) / step_px))
-            for k in range(n + 1):
-                x, y = x0 + (x1 - x0) * k / n, y0 + (y1 - y0) * k / n
-                out.append(((x - 2, y - 2, x + 2, y + 2), LINE_COST))
-    return out
-
-
-def _overlap(a: Box, b: Box) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    return w * h if w > 0 and h > 0 else 0.0
-
-
-def _outside(box: Box, bounds: Box) -> float:
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    return area - _overlap(box, bounds)
-
-
-def _candidates(width: float, height: float) -> Iterator[tuple[float, float, float]]:
-    """(dx, dy, radius): label-centre offsets whose nearest box edge lies `radius` pixels from the anchor."""
-    for r in RADII_PX:
-        for angle in ANGLES_DEG:
-            c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-            yield c * (r + width / 2), s * (r + height / 2), r
-
-
-def centred_box(cx: float, cy: float, width: float, height: float) -> Box:
-    return cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2
-
-
-def rotated_boxes(x: float, y: float, angle_deg: float, width: float, height: float) -> list[Box]:
-    """Squares of side `height` covering a text box rotated by angle_deg about its lower-left corner (x, y)."""
-    c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
-    n = max(1, math.ceil(width / height))
-    centres = [(x + c * height * (k + 0.5) - s * height / 2, y + s * height * (k + 0.5) + c * height / 2)
-               for k in range(n)]
-    return [centred_box(cx, cy, height, height) for cx, cy in centres]
-
-
-def _distance(box: Box, point: tuple[float, float]) -> float:
-    dx = max(box[0] - point[0], 0.0, point[0] - box[2])
-    dy = max(box[1] - point[1], 0.0, point[1] - box[3])
-    return math.hypot(dx, dy)
-
-
-def ambiguity(box: Box, own: tuple[float, float], others: Sequence[tuple[float, float]]) -> float:
-    """A cost when the label sits nearer another point than its own one (it would read as naming that one)."""
-    mine = _distance(box, own)
-    return AMBIGUOUS_COST if any(_distance(box, p) < mine for p in others if p != own) else 0.0
-
-
-def cost(boxes: Sequence[Box], taken: Sequence[Obstacle], bounds: Box) -> float:
-    """Pixels of other labels, markers and lines covered (weighted) plus pixels outside the axes (heavily)."""
-    if not taken:
-        return sum(OUTSIDE_COST * _outside(box, bounds) for box in boxes)
-    others = np.array([box for box, _ in taken])
-    weights = np.array([weight for _, weight in taken])
-    total = 0.0
-    for box in boxes:
-        w = np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0])
-        h = np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1])
-        covered = np.clip(w, 0, None) * np.clip(h, 0, None)
-        total += OUTSIDE_COST * _outside(box, bounds) + float(np.dot(weights, covered))
-    return total
-
-
-def choose(candidates: Sequence[Sequence[Box]], taken: Sequence[Obstacle], bounds: Box,
-           extra: Callable[[Box], float] = lambda box: 0.0) -> int:
-    """Index of the first candidate (a label's boxes) that collides with nothing, else of the least colliding."""
-    costs = []
-    for i, boxes in enumerate(candidates):
-        c = cost(boxes, taken, bounds) + sum(extra(box) for box in boxes)
-        if c == 0:
-            return i
-        costs.append(c + 0.5 * i)  # among colliding candidates, prefer the earlier (nearer)
-    return min(range(len(costs)), key=costs.__getitem__) if costs else 0
+        pts = ax.transData.transform(np.asarray(path, dtype=float))
+        for p0, p1 in zip(pts[:-1], pts[1:], strict=True):
+            n = max(1, int(np.hypot(*(p1 - p0)) / step_px))
+            xy = p0 + np.linspace(0, 1, n + 1)[:, None] * (p1 - p0)
+            out.append(np.hstack([xy - half_px, xy + half_px]))
+    return np.vstack(out)
 
 
 def axes_bounds(ax: Axes) -> Box:
-    frame = ax.get_window_extent(ax.figure.canvas.get_renderer())  # type: ignore[attr-defined]
+    frame = ax.get_window_extent()
     return frame.x0 + 2, frame.y0 + 2, frame.x1 - 2, frame.y1 - 2
 
 
-def text_size(ax: Axes, text: str, **style: object) -> tuple[float, float]:
-    """Width and height in pixels of `text` drawn with `style`, plus a little room for its background."""
-    probe = ax.text(0, 0, text, **style)  # type: ignore[arg-type]
-    extent = probe.get_window_extent(ax.figure.canvas.get_renderer())  # type: ignore[attr-defined]
-    probe.remove()
-    return extent.width + 4, extent.height + 2
+def outside(boxes: np.ndarray, bounds: Box) -> np.ndarray:
+    """Pixels of each box outside `bounds`."""
+    w = np.clip(np.minimum(boxes[:, 2], bounds[2]) - np.maximum(boxes[:, 0], bounds[0]), 0, None)
+    h = np.clip(np.minimum(boxes[:, 3], bounds[3]) - np.maximum(boxes[:, 1], bounds[1]), 0, None)
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - w * h
 
 
-def place_labels(ax: Axes, labels: Sequence[Label], obstacles: Sequence[Obstacle]) -> None:
-    """Annotate each label at a free spot near its anchor, in the order given (earlier labels get closer spots)."""
+def choose(costs: np.ndarray) -> int:
+    """The first candidate that collides with nothing, else the least colliding (earlier = nearer, on ties)."""
+    free = np.flatnonzero(costs <= 0)
+    if len(free):
+        return int(free[0])
+    return int(np.argmin(costs + 0.5 * np.arange(len(costs))))
+
+
+def text_size(ax: Axes, text: str, size: float, bold: bool = False) -> tuple[float, float]:
+    """Width and height in pixels of one line of `text`, plus a little room for its background. Asks the
+    renderer for the font metrics directly (no Text artist is made), as matplotlib's Text lays out one line."""
+    from matplotlib.font_manager import FontProperties
+
+    renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    prop = FontProperties(size=size, weight="bold" if bold else "normal")
+    width, _, _ = renderer.get_text_width_height_descent(text, prop, ismath=False)
+    _, line_height, _ = renderer.get_text_width_height_descent("lp", prop, ismath=False)
+    return width + 8, line_height + 3
+
+
+def _leaders(anchor: np.ndarray, boxes: np.ndarray, skip_px: float = 9) -> tuple[np.ndarray, np.ndarray]:
+    """Small boxes along each box's leader line, from the anchor (past its marker) to the box's centre, stopping
+    at the box; returns (the small boxes, the index of the box each belongs to)."""
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    length = np.hypot(*(centres - anchor).T)
+    steps = np.arange(int(skip_px / LEADER_STEP_PX) + 1, int(length.max() / LEADER_STEP_PX) + 1) * LEADER_STEP_PX
+    t = steps[None, :] / np.maximum(length[:, None], 1e-9)
+    xy = anchor + t[..., None] * (centres - anchor)[:, None, :]  # boxes × steps × 2
+    inside = ((xy[..., 0] >= boxes[:, None, 0]) & (xy[..., 0] <= boxes[:, None, 2])
+              & (xy[..., 1] >= boxes[:, None, 1]) & (xy[..., 1] <= boxes[:, None, 3]))
+    keep = (t < 1) & ~inside
+    owner = np.broadcast_to(np.arange(len(boxes))[:, None], keep.shape)[keep]
+    points = xy[keep]
+    return np.hstack([points - 1.5, points + 1.5]), owner
+
+
+def place_labels(ax: Axes, labels: Sequence[Label], taken: Obstacles) -> None:
+    """Annotate each label at a free spot near its anchor, in the order given (earlier labels get closer spots);
+    the placed boxes and leaders are added to `taken`."""
     bounds = axes_bounds(ax)
-    taken = list(obstacles)
     pt_per_px = 72 / ax.figure.dpi
-    anchors = [tuple(ax.transData.transform((label.x, label.y))) for label in labels]
-    for label in labels:
-        style = {"fontsize": label.size, "fontweight": "bold" if label.bold else "normal"}
-        width, height = text_size(ax, label.text, **style)
-        ax_, ay = ax.transData.transform((label.x, label.y))
-        offsets = list(_candidates(width, height))
-        boxes = [[centred_box(ax_ + dx, ay + dy, width, height)] for dx, dy, _ in offsets]
-        i = choose(boxes, taken, bounds, lambda box: ambiguity(box, (ax_, ay), anchors))  # noqa: B023
-        dx, dy, radius = offsets[i]
-        taken.append((boxes[i][0], 1.0))
-        leader = {"arrowstyle": "-", "color": "#9a9a9a", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 4}
+    labels = _merge_coincident(ax, labels)
+    anchors = ax.transData.transform(np.array([(label.x, label.y) for label in labels], dtype=float).reshape(-1, 2))
+    for k, label in enumerate(labels):
+        width, height = text_size(ax, label.text, label.size, label.bold)
+        anchor = anchors[k]
+        radii = np.repeat(RADII_PX, len(label.angles)).astype(float)
+        angles = np.radians(np.tile(label.angles, len(RADII_PX)))
+        offsets = np.column_stack([np.cos(angles) * (radii + width / 2), np.sin(angles) * (radii + height / 2)])
+        centres = anchor + offsets
+        boxes = np.hstack([centres - (width / 2, height / 2), centres + (width / 2, height / 2)])
+        costs = (taken.covered(boxes) + OUTSIDE_COST * outside(boxes, bounds)
+                 + AMBIGUOUS_COST * _ambiguous(boxes, anchor, np.delete(anchors, k, axis=0)))
+        # Leaders cost most to score: first only for the boxes that are free, all of them only if none is.
+        needs = radii > LEADER_FROM_PX
+        for which in (needs & (costs <= 0), needs & (costs > 0)):
+            if which.any():
+                leaders, owner = _leaders(anchor, boxes[which])
+                costs[which] += LEADER_COST * np.bincount(owner, taken.covered(leaders), minlength=int(which.sum()))
+            if (costs <= 0).any():
+                break
+        i = choose(costs)
+        taken.add(boxes[i], 1.0)
+        if needs[i]:
+            taken.add(_leaders(anchor, boxes[i:i + 1])[0], LINE_COST)
+        dx, dy = offsets[i]
+        leader = {"arrowstyle": "-", "color": "#9a9a9a", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 3}
         ax.annotate(label.text, (label.x, label.y), xytext=(dx * pt_per_px, dy * pt_per_px),
                     textcoords="offset points", ha="center", va="center", color=label.color, zorder=6,
+                    fontsize=label.size, fontweight="bold" if label.bold else "normal",
                     bbox={"boxstyle": "square,pad=0.08", "facecolor": "white", "edgecolor": "none", "alpha": 0.75},
-                    arrowprops=leader if radius > LEADER_FROM_PX else None, annotation_clip=False, **style)
+                    arrowprops=leader if needs[i] else None, annotation_clip=False)
 
 
-def flat_label(ax: Axes, text: str, color: str, span: tuple[float, float], y: float, above: bool,
-                taken: list[Obstacle]) -> None:
-    """A label just above (or below) a horizontal roof, slid leftwards from its right end until it is free,
-    then tried on the other side of the line."""
-    width, height = text_size(ax, text, fontsize=8.5)
-    left, right = (ax.transData.transform((x, y))[0] for x in span)
-    line_y = ax.transData.transform((span[1], y))[1]
-    xs = [right - 6 - width / 2 - 12 * k for k in range(int(max(right - left - width - 12, 0) / 12) + 1)]
-    centres = [(x, line_y + (height / 2 + 3) * side) for side in ((1, -1) if above else (-1, 1)) for x in xs]
-    boxes = [[centred_box(cx, cy, width, height)] for cx, cy in centres]
-    i = choose(boxes, taken, axes_bounds(ax))
-    taken.append((boxes[i][0], 1.0))
+def _merge_coincident(ax: Axes, labels: Sequence[Label]) -> list[Label]:
+    """One label 'a / b / c' for points that sit on one another (chains of points closer than COINCIDENT_PX)
+    with labels of the same style: ffn_up and ffn_down, at one intensity and within a few % of one FLOP/s, show
+    as one marker."""
+    xy = ax.transData.transform(np.array([(label.x, label.y) for label in labels], dtype=float).reshape(-1, 2))
+    group = list(range(len(labels)))
+    for k, label in enumerate(labels):
+        for j in range(k):
+            style = (labels[j].color, labels[j].bold, labels[j].size) == (label.color, label.bold, label.size)
+            if style and np.hypot(*(xy[j] - xy[k])) < COINCIDENT_PX:
+                old, new = group[k], group[j]
+                group = [new if g == old else g for g in group]
+    merged: dict[int, Label] = {}
+    for k, label in enumerate(labels):
+        first = merged.get(group[k])
+        merged[group[k]] = dataclasses.replace(first, text=f"{first.text} / {label.text}") if first else label
+    return list(merged.values())
+
+
+def _distance(boxes: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Pixels from each box (n × 4) to each point (m × 2): n × m."""
+    dx = np.maximum(np.maximum(boxes[:, None, 0] - points[None, :, 0], 0), points[None, :, 0] - boxes[:, None, 2])
+    dy = np.maximum(np.maximum(boxes[:, None, 1] - points[None, :, 1], 0), points[None, :, 1] - boxes[:, None, 3])
+    return np.hypot(dx, dy)
+
+
+def _ambiguous(boxes: np.ndarray, own: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """1 where a candidate box lies nearer another anchor than its own one, else 0."""
+    if not len(others):
+        return np.zeros(len(boxes))
+    mine = _distance(boxes, own[None, :])[:, 0]
+    return (_distance(boxes, others).min(axis=1) < mine).astype(float)
+
+
+def flat_label(ax: Axes, text: str, color: str, span: tuple[float, float], y_above: float, y_below: float,
+               taken: Obstacles) -> None:
+    """A label just above the line at y_above (or, failing that, just below the line at y_below), slid leftwards
+    from the span's right end until it is free."""
+    width, height = text_size(ax, text, ROOF_FONT_SIZE)
+    left, right = (ax.transData.transform((x, y_above))[0] for x in span)
+    xs = right - 6 - width / 2 - 12 * np.arange(int(max(right - left - width - 12, 0) / 12) + 1)
+    above = ax.transData.transform((span[1], y_above))[1] + height / 2 + 3
+    below = ax.transData.transform((span[1], y_below))[1] - height / 2 - 3
+    centres = np.array([(x, y) for y in (above, below) for x in xs])
+    boxes = np.hstack([centres - (width / 2, height / 2), centres + (width / 2, height / 2)])
+    i = choose(taken.covered(boxes) + OUTSIDE_COST * outside(boxes, axes_bounds(ax)))
+    taken.add(boxes[i], 1.0)
     x, y_data = ax.transData.inverted().transform(centres[i])
-    ax.text(x, y_data, text, color=color, ha="center", va="center", fontsize=8.5, zorder=4)
+    ax.text(x, y_data, text, color=color, ha="center", va="center", fontsize=ROOF_FONT_SIZE, zorder=4)
 
 
-def slope_label(ax: Axes, text: str, color: str, slope: float, span: tuple[float, float], above: bool,
-                 taken: list[Obstacle]) -> None:
-    """A label along the line y = slope·x (a memory roof), rotated to its on-screen angle, at the first free spot."""
-    width, height = text_size(ax, text, fontsize=8.5)
+def _rotated_boxes(x: float, y: float, angle_deg: float, width: float, height: float) -> np.ndarray:
+    """Squares of side `height` covering a text box rotated by angle_deg about its lower-left corner (x, y)."""
+    c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
+    k = np.arange(max(1, math.ceil(width / height))) + 0.5
+    cx, cy = x + c * height * k - s * height / 2, y + s * height * k + c * height / 2
+    return np.column_stack([cx - height / 2, cy - height / 2, cx + height / 2, cy + height / 2])
+
+
+def slope_label(ax: Axes, text: str, color: str, slope: float, span: tuple[float, float], taken: Obstacles) -> None:
+    """A label just above the line y = slope·x (a memory roof), rotated to its on-screen angle, at the first free
+    spot."""
+    width, height = text_size(ax, text, ROOF_FONT_SIZE)
     p0 = ax.transData.transform((span[0], span[0] * slope))
     p1 = ax.transData.transform((span[1], span[1] * slope))
     angle = math.degrees(math.atan2(p1[1] - p0[1], p1[0] - p0[0]))
     length = math.hypot(p1[0] - p0[0], p1[1] - p0[1])
-    normal = (-math.sin(math.radians(angle)), math.cos(math.radians(angle)))
-    shift = 3 if above else -(3 + height)
-    starts = []
-    for frac in (0.1, 0.16, 0.05, 0.22, 0.28, 0.34, 0.4, 0.46, 0.52, 0.58):
-        if frac * length + width < length:
-            t = frac * length
-            starts.append((p0[0] + (p1[0] - p0[0]) * t / length + normal[0] * shift,
-                           p0[1] + (p1[1] - p0[1]) * t / length + normal[1] * shift))
-    starts = starts or [(p0[0] + normal[0] * shift, p0[1] + normal[1] * shift)]
-    boxes = [rotated_boxes(x, y, angle, width, height) for x, y in starts]
-    i = choose(boxes, taken, axes_bounds(ax))
-    taken += [(box, 1.0) for box in boxes[i]]
+    normal = np.array((-math.sin(math.radians(angle)), math.cos(math.radians(angle))))
+    fracs = [f for f in (0.1, 0.16, 0.05, *np.arange(0.22, 0.95, 0.06)) if f * length + width < length]
+    starts = [p0 + (p1 - p0) * f + normal * 3 for f in fracs] or [p0 + normal * 3]
+    candidates = [_rotated_boxes(x, y, angle, width, height) for x, y in starts]
+    bounds = axes_bounds(ax)
+    i = choose(np.array([taken.covered(b).sum() + OUTSIDE_COST * outside(b, bounds).sum() for b in candidates]))
+    taken.add(candidates[i], 1.0)
     x, y = ax.transData.inverted().transform(starts[i])
     ax.text(x, y, text, color=color, rotation=angle, rotation_mode="anchor", ha="left", va="bottom",
-            fontsize=8.5, zorder=4)
+            fontsize=ROOF_FONT_SIZE, zorder=4)

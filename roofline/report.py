@@ -3,14 +3,12 @@
 render_all() is what `profile` calls after a run; report_command() is `roofline report RESULTS.json [MORE…]`.
 The HTML is ONE offline file — figures embedded as SVG data URIs, CSS and a few lines of JS inline, a Content
 Security Policy that forbids every request — so it can be mailed, attached to an issue or opened years later.
-matplotlib, jinja2 and the op catalog (torch) are imported inside the functions: `roofline --help` stays fast.
+matplotlib and jinja2 are imported inside the functions: `roofline --help` stays fast.
 """
 
 from __future__ import annotations
 
 import base64
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -28,6 +26,7 @@ def render_all(results_list: list[Results], out_dir: Path, html: bool = True, pn
                svg: bool = True) -> list[Path]:
     """Write roofline.{png,svg}, time_split.{png,svg} and report.html into out_dir; returns the paths written."""
     from roofline import plot, time_split
+    from roofline.results import atomic_write
 
     if not results_list:
         raise RooflineError("no results to render")
@@ -40,33 +39,18 @@ def render_all(results_list: list[Results], out_dir: Path, html: bool = True, pn
     except OSError as exc:
         raise RooflineError(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
     written, images = [], {}
+    formats = ("svg",) * (html or svg) + ("png",) * png
     for name, make in zip(FIGURES, (plot.roofline_figure, time_split.time_split_figure), strict=True):
-        fig = make(results_list)
-        svg_bytes = plot.figure_bytes(fig, "svg")
-        images[name] = "data:image/svg+xml;base64," + base64.b64encode(svg_bytes).decode("ascii")
+        files = plot.figure_files(make(results_list), formats) if formats else {}
+        if "svg" in files:
+            images[name] = "data:image/svg+xml;base64," + base64.b64encode(files["svg"]).decode("ascii")
         if png:
-            written.append(_write(out_dir / f"{name}.png", plot.figure_bytes(fig, "png")))
+            written.append(atomic_write(out_dir / f"{name}.png", files["png"]))
         if svg:
-            written.append(_write(out_dir / f"{name}.svg", svg_bytes))
+            written.append(atomic_write(out_dir / f"{name}.svg", files["svg"]))
     if html:
-        written.append(_write(out_dir / "report.html", html_report(results_list, images).encode("utf-8")))
+        written.append(atomic_write(out_dir / "report.html", html_report(results_list, images)))
     return written
-
-
-def _write(path: Path, data: bytes) -> Path:
-    """Temp file in the same folder, then rename (results.atomic_write does the same for text)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def html_report(results_list: list[Results], images: dict[str, str]) -> str:
@@ -78,11 +62,10 @@ def html_report(results_list: list[Results], images: dict[str, str]) -> str:
     env = jinja2.Environment(loader=jinja2.PackageLoader("roofline", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     labels = plot.run_labels(results_list)
-    title = plot.describe_run(results_list[0]) if len(results_list) == 1 else " vs ".join(labels)
+    runs = [run_context(r, label) for r, label in zip(results_list, labels, strict=True)]
     return env.get_template("report.html.j2").render(
-        title=f"Roofline · {title}", runs=[run_context(r, label) for r, label in zip(results_list, labels,
-                                                                                      strict=True)],
-        images=images, compute_color=plot.COMPUTE_COLOR, memory_color=plot.MEMORY_COLOR,
+        title=f"Roofline · {plot.describe_runs(results_list)}", runs=runs, images=images,
+        compute_color=plot.COMPUTE_COLOR, memory_color=plot.MEMORY_COLOR,
         several=len(results_list) > 1)
 
 
@@ -168,7 +151,7 @@ def ceilings(res: Results) -> list[dict[str, Any]]:
     sheet_flops, measured_flops = sheet.get("flops") or {}, measured.get("peak_flops") or {}
     used = [r.ceiling for r in res.ok_rows()]
     out = []
-    for key in sorted(set(sheet_flops) | set(measured_flops), key=lambda k: (not k.startswith("tensor"), k)):
+    for key in sorted(set(sheet_flops) | set(measured_flops), key=plot.roof_order):
         ds, me = sheet_flops.get(key), measured_flops.get(key)
         out.append({"roof": plot.roof_name(key, kind), "key": key, "datasheet": fmt.si(ds, "FLOP/s"),
                     "measured": fmt.si(me, "FLOP/s"), "ratio": fmt.pct(100 * me / ds) if ds and me else "–",

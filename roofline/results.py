@@ -78,6 +78,7 @@ class Row:
     measured_flops: float | None = None  # CUDA-core (FMA = 2) + tensor-core FLOPs executed
     measured_tensor_flops: float | None = None
     measured_kernels: int | None = None  # kernels the op launched
+    rank: int | None = None  # `profile --tp N`: the rank that measured the row; None for one device or the max
 
     @property
     def key(self) -> tuple[str, str, int, int, str, str]:
@@ -124,18 +125,20 @@ def _clean(value: object) -> object:
     return value
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+def atomic_write(path: Path, data: str | bytes) -> Path:
+    """Write text (as UTF-8) or bytes to a temp file in the same folder, then rename: readers never see half a
+    file. Returns the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.chmod(tmp, 0o644)  # mkstemp makes files owner-only; reports are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
 
 
 def to_json_text(results: Results) -> str:

@@ -15,12 +15,7 @@ STATUS_STYLE = {"failed": "bold red", "skipped": "yellow"}
 
 
 def ops_table(results: Results) -> Table:
-    run = results.run
-    device = run.get("device", {})
-    config = run.get("config", {})
-    title = (f"{config.get('name', '?')} · {config.get('mode', '?')} · batch {config.get('batch')} · "
-             f"seq {config.get('seq_len')} · {config.get('dtype')} · {device.get('name', '?')}")
-    t = Table(title=title, title_style="bold", header_style="bold", pad_edge=False)
+    t = Table(title=fmt.describe_run(results), title_style="bold", header_style="bold", pad_edge=False)
     for name, justify in [("op", "left"), ("variant", "left"), ("FLOPs", "right"), ("bytes", "right"),
                           ("AI", "right"), ("time", "right"), ("FLOP/s", "right"), ("B/s", "right"),
                           ("bound", "left"), ("% roof", "right"), ("peak mem", "right"), ("note", "left")]:

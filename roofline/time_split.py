@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from roofline import fmt
-from roofline.fusion import FusionResult, _baseline, groups, summarize
-from roofline.plot import BOUND_COLORS, COMPUTE_COLOR, MEMORY_COLOR, describe_run, new_figure
+from roofline.fmt import describe_run
+from roofline.fusion import FusionResult, summarize, unfused_block
+from roofline.plot import BOUND_COLORS, COMPUTE_COLOR, MEMORY_COLOR, new_figure
 from roofline.results import Results
 
 if TYPE_CHECKING:
@@ -35,13 +36,9 @@ def block_before_after(results: Results) -> tuple[list[BlockOp], list[BlockOp]]:
     """The block's ops before fusion (each plain op at its baseline variant, as fusion.block_time_split counts
     them) and after (each fusion chain replaced by its fastest fused variant; a longer chain claims its ops
     first, so attention's fused variants replace softmax before softmax's own fused kernel would)."""
-    fused_ops = {g.fused_op for g in groups() if g.chain != (g.fused_op,)}
-    before: dict[str, BlockOp] = {}
-    for op in dict.fromkeys(r.op for r in results.rows):
-        row = _baseline(results, op)
-        if op not in fused_ops and row and row.bound in BOUND_COLORS:
-            label = op + (f" ×{row.per_block}" if row.per_block > 1 else "")
-            before[op] = BlockOp(op, row.variant, label, (row.time_median_s or 0.0) * row.per_block, row.bound)
+    before = {row.op: BlockOp(row.op, row.variant, row.op + (f" ×{row.per_block}" if row.per_block > 1 else ""),
+                              (row.time_median_s or 0.0) * row.per_block, row.bound)
+              for row in unfused_block(results) if row.bound in BOUND_COLORS}
     best: dict[str, FusionResult] = {}
     for f in summarize(results):
         if f.group not in best or f.fused_time_s < best[f.group].fused_time_s:

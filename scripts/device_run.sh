@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session: install, calibrate, profile, and pack everything under $OUT/<tag>.tgz.
 # Used to produce the committed reference results in reports/reference/<device>/ (see README).
-#   usage: scripts/device_run.sh TAG STEP [STEP...]   steps: env calibrate profile8192 profile2048 aa ncu kernels-test
+#   usage: scripts/device_run.sh TAG STEP [STEP...]   steps: see the case list below
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NO_COLOR=1
 TAG=$1; shift
@@ -18,11 +18,22 @@ timed() {
 }
 for step in "$@"; do
   case $step in
-    env) log env; nvidia-smi; python3 -c 'import torch,triton,typer,rich,pandas,matplotlib,pynvml,jinja2;print(torch.__version__,triton.__version__,typer.__version__)'; roofline devices ;;
-    calibrate) timed calibrate roofline calibrate --force --out "$R"; timed calibrate-cached roofline calibrate --out "$R/cached" ;;
+    env) log env; nvidia-smi; python3 -c 'import torch,triton,typer,rich,pandas,matplotlib,pynvml,jinja2;print(torch.__version__,triton.__version__,typer.__version__)'
+         timed startup python3 -c 'import torch; torch.zeros(1, device="cuda"); import roofline.cli' ;;
+    calibrate) timed calibrate roofline calibrate --force --out "$R"; timed calibrate-cached roofline calibrate ;;
     profile8192) timed profile8192 roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192" ;;
     profile2048) timed profile2048 roofline profile --seq-len 2048 --out "$R/gpt-7b-s2048" ;;
-    aa) timed aa roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-aa" --no-plots ;;
+    aa) timed aa roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-aa" ;;
+    debug) timed debug env ROOFLINE_DEBUG=1 TORCH_LOGS=recompiles python3 -m roofline profile --seq-len 8192 --ops residual_dropout_norm --out "$R/debug" --no-plots ;;
+    counters) timed counters roofline profile --seq-len 8192 --counters --out "$R/counters" ;;
+    tune) timed tune python3 scripts/tune_flash.py ;;
+    gputests) timed gputests python3 -m pytest -q -m gpu tests ;;
+    sweep) timed sweep roofline sweep --seq-len 1024,2048,4096,8192,16384,32768 --budget 0.3 --out "$R/gpt-7b-sweep" ;;
+    decode) timed decode-b1 roofline profile --mode decode --kv-len 8192 --batch 1 --out "$R/gpt-7b-decode-b1-kv8192"
+            timed decode-b64 roofline profile --mode decode --kv-len 8192 --batch 64 --out "$R/gpt-7b-decode-b64-kv8192" ;;
+    fp8) timed fp8 roofline sweep --seq-len 8192 --dtype bf16,fp8 --out "$R/gpt-7b-s8192-bf16-fp8" ;;
+    models) timed llama roofline profile --model llama3-8b --seq-len 8192 --out "$R/llama3-8b-s8192"
+            timed mixtral roofline profile --model mixtral-8x7b --seq-len 8192 --out "$R/mixtral-8x7b-s8192" ;;
     ncu) timed ncu env OUT="$R/ncu" bash scripts/capture_ncu_fixture.sh ;;
     kernels-test) timed kernels-test python3 -m pytest -q tests/test_kernels.py -m "gpu or not gpu" ;;
     *) log "unknown step $step" ;;

@@ -152,7 +152,7 @@ def test_ops_lists_the_catalog(capsys, monkeypatch, model: str) -> None:
 
 
 def test_ops_of_both_presets_cover_every_op() -> None:
-    both = {op.name for m in ("gpt-7b", "llama3-8b") for op in ops_for(make_config(m))}
+    both = {op.name for m in ("gpt-7b", "llama3-8b", "mixtral-8x7b") for op in ops_for(make_config(m))}
     assert both == {op.name for op in CATALOG}
 
 

@@ -16,6 +16,7 @@ SHAPES = {
     "gpt": ("gpt-7b", {}),
     "llama": ("llama3-8b", {}),
     "llama-decode": ("llama3-8b", {"mode": "decode", "kv_cache_len": 41, "batch": 3}),
+    "mixtral": ("mixtral-8x7b", {}),
 }
 
 
@@ -31,7 +32,8 @@ def counted_flops(op, config, variant: str | None = None) -> int:
 
 
 def test_the_tensor_ops_are_the_matmuls_of_the_block() -> None:
-    assert TENSOR_OPS == ["qkv_proj", "qk_t", "attn_v", "attention", "out_proj", "ffn_up", "ffn_down"]
+    assert TENSOR_OPS == ["qkv_proj", "qk_t", "attn_v", "attention", "out_proj", "ffn_up", "ffn_down",
+                          "moe_router", "moe_experts"]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -84,6 +86,10 @@ HAND = {
     ("gpt", "gelu"): (5 * T * F, 2 * T * F * 2),
     ("llama", "swiglu"): (6 * T * F, 3 * T * F * 2),
     ("gpt", "ffn_down"): (2 * T * F * D, (T * F + F * D + T * D) * 2),
+    # Mixtral: 8 experts, top 2; the router writes k weights (bf16) and k int64 ids per token; balanced
+    # routing sends 148 slots to all 8 experts, so every expert's weights (3·d·d_ffn each) are read.
+    ("mixtral", "moe_router"): (2 * T * D * 8, (T * D + 8 * D + T * 2) * 2 + T * 2 * 8),
+    ("mixtral", "moe_experts"): (2 * 3 * T * 2 * D * F, (2 * T * D + T * 2 + 8 * 3 * D * F) * 2 + T * 2 * 8),
 }
 
 

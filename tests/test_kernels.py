@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton")
 
+from roofline.kernels import flash_attention as flash  # noqa: E402
 from roofline.kernels.flash_attention import flash_attention, flash_attention_reference  # noqa: E402
 from roofline.kernels.fused_add_dropout_norm import (  # noqa: E402
     fused_add_dropout_norm,
@@ -229,6 +230,52 @@ def test_flash_attention_matches_reference(shape: tuple[int, ...], causal: bool,
     assert_close(out, flash_attention_reference(q, k, v, causal=causal), dtype)
 
 
+PATHS = [dict(tma=True), dict(scale_q=True), dict(tma=True, scale_q=True)]
+PATH_IDS = ["tma", "scale_q", "tma+scale_q"]
+
+
+def small_tile(**path: bool):
+    """A configuration for this device: interpreter-sized tiles on the CPU, a small Hopper tile on a GPU."""
+    return flash.make_config(16, 16, 4, 1, **path) if flash.INTERPRET else flash.make_config(64, 64, 4, 2, **path)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape, dtype", [
+    ((1, 2, 2, 100, 129, 64), torch.float16),  # q_len < kv_len; K/V tiles run past kv_len
+    ((2, 4, 1, 37, 30, 32), torch.bfloat16),  # GQA over batch > 1: descriptor rows are batch·kv_heads
+])
+def test_flash_attention_paths(path: dict, causal: bool, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """The TMA and SCALE_Q paths, run through the launcher with an explicit configuration."""
+    if path.get("tma") and not flash.tma_supported(DEVICE):
+        pytest.skip("TMA needs a Hopper GPU and Triton >= 3.4")
+    q, k, v = attention_inputs(*shape, dtype)
+    out = flash._launch(q, k, v, causal, shape[-1] ** -0.5, small_tile(**path))
+    assert_close(out, flash_attention_reference(q, k, v, causal=causal), dtype)
+
+
+def test_tma_descriptor_needs_mergeable_heads() -> None:
+    """[batch, seq, heads, d] storage viewed as [batch, heads, seq, d]: batch and heads do not merge."""
+    if flash.TensorDescriptor is None:
+        pytest.skip("Triton without host tensor descriptors")
+    k = randn(2, 45, 2, 16, dtype=torch.float16).transpose(1, 2)
+    assert flash._descriptor(k) is None
+    assert flash._descriptor(k.contiguous()) is not None
+    assert flash._descriptor(k[:1]) is not None  # one batch: only the head stride matters
+    with pytest.raises(ValueError, match="TMA needs"):
+        flash._launch(k, k, k, False, 0.25, small_tile(tma=True))
+
+
+def test_tuned_configs_are_few_and_fit() -> None:
+    """At most 4 candidates per case keep a cold autotune short; each must fit registers and shared memory."""
+    for (head_dim, _), configs in flash.TUNED_CONFIGS.items():
+        assert 1 <= len(configs) <= 4
+        assert all(flash.fits(c, head_dim) for c in configs)
+    assert not flash.fits(flash.make_config(128, 128, 4, 3), 128)  # 256 fp32 values per thread
+    assert not flash.fits(flash.make_config(128, 128, 8, 4), 128)  # Q + 4 × (K + V) = 288 KiB
+    assert flash.fits(flash.make_config(128, 128, 8, 3, tma=True), 128)  # 225 KiB
+
+
 def test_flash_attention_strided_inputs_and_scale() -> None:
     """[batch, seq, heads, head_dim] tensors seen as [batch, heads, seq, head_dim] (strided views)."""
     q = randn(2, 37, 4, 16, dtype=torch.float16).transpose(1, 2)
@@ -275,3 +322,17 @@ def test_full_size_on_gpu(dtype: torch.dtype) -> None:
     for causal in (False, True):
         q, k, v = attention_inputs(1, 8, 2, 2048, 4096, 128, dtype)
         assert_close(flash_attention(q, k, v, causal), flash_attention_reference(q, k, v, causal), dtype)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_tuned_configs_on_gpu(head_dim: int) -> None:
+    """Every candidate of the autotuner, run on its own at an odd size (TMA ones where supported)."""
+    q, k, v = attention_inputs(1, 8, 2, 1000, 1531, head_dim, torch.bfloat16)
+    for causal in (False, True):
+        ref = flash_attention_reference(q, k, v, causal)
+        for config in flash.TUNED_CONFIGS[(head_dim, causal)]:
+            if config.kwargs["TMA"] and not flash.tma_supported(DEVICE):
+                continue
+            assert_close(flash._launch(q, k, v, causal, head_dim ** -0.5, config), ref, torch.bfloat16)

@@ -219,8 +219,8 @@ ATTENTION = Op(
     make_inputs=lambda c, d, g: _qkv_inputs(c, d, g),
     reference=lambda c, i, rows: attention_reference(c, i["q"], i["k"], i["v"], rows),
     variants=(
-        Variant("naive", _naive, scratch_bytes=lambda c: 2 * _scores_numel(c) * c.dtype_bytes,
-                doc="Q·Kᵀ → softmax → ·V in eager PyTorch, materialising N×N twice"),
+        Variant("naive", _naive, scratch_bytes=lambda c: (3 if is_causal(c) else 2) * _scores_numel(c) * c.dtype_bytes,
+                doc="Q·Kᵀ → softmax → ·V in eager PyTorch, materialising N×N twice (three times with the causal mask)"),
         Variant("sdpa_flash", _sdpa("FLASH_ATTENTION"), fused=True, doc="SDPA, FlashAttention-2 backend"),
         Variant("sdpa_efficient", _sdpa("EFFICIENT_ATTENTION"), fused=True,
                 doc="SDPA, memory-efficient (xFormers) backend"),

@@ -62,7 +62,7 @@ def _router_reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Te
 
 MOE_ROUTER = Op(
     name="moe_router", group="ffn", unit="tensor",
-    flops=lambda c: 2 * c.tokens * c.d_model * c.n_experts + 5 * c.tokens * c.n_experts + 2 * c.tokens * c.top_k,
+    flops=lambda c: 2 * c.tokens * c.d_model * c.n_experts,
     min_bytes=lambda c: ((c.tokens * c.d_model + c.n_experts * c.d_model + c.tokens * c.top_k) * c.dtype_bytes
                          + c.tokens * c.top_k * INDEX_BYTES),
     make_inputs=lambda c, d, g: {"x": rand((c.tokens, c.d_model), c, d, g),
@@ -70,8 +70,8 @@ MOE_ROUTER = Op(
     reference=_router_reference,
     variants=(Variant("torch", lambda c, i: lambda: route(i["x"], i["w_gate"], c.top_k),
                       doc="F.linear, fp32 softmax, topk, renormalise"),),
-    flops_formula="2·T·d·E + 5·T·E + 2·T·k  (gate matmul, softmax, renormalise the top k; the top-k "
-                  "selection compares, it is not counted)",
+    flops_formula="2·T·d·E  (the gate matmul; like attention's softmax inside the fused op, the softmax, top-k "
+                  "and renormalisation over E, ~5·T·E, are not counted)",
     bytes_formula="(T·d + E·d + T·k)·bytes + 8·T·k  (read x and W_gate; write the k weights and int64 ids)",
     doc="MoE router: which top_k of n_experts each token goes to, and with which weights.",
     applies=moe,
@@ -185,8 +185,9 @@ MOE_EXPERTS = Op(
         Variant("padded_bmm", _variant(moe_padded_bmm), fused=True, scratch_bytes=_scratch,
                 doc="torch.bmm over expert batches padded to the busiest expert"),
     ),
-    flops_formula="2·3·T·k·d·d_ffn  (SwiGLU experts: up 2·d_ffn and down d_ffn wide, k experts per token; the "
-                  "activation and the weighted sum, (6·d_ffn + 2·d)·T·k, are not counted)",
+    flops_formula="2·3·T·k·d·d_ffn  (SwiGLU experts: up 2·d_ffn and down d_ffn wide, k experts per token; "
+                  "matmuls only, as for fused attention: the activation and weighted sum, (6·d_ffn + 2·d)·T·k, "
+                  "are not counted)",
     bytes_formula="(2·T·d + T·k + touched·3·d·d_ffn)·bytes + 8·T·k  (read x, the routing and every expert that "
                   "gets a token, min(E, T·k); write y)",
     doc="The routed tokens' expert FFNs (dispatch, expert matmuls, weighted combine), top_k per token.",

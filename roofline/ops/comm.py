@@ -1,0 +1,165 @@
+"""Collectives of a tensor-parallel block: the all-reduces after the row-parallel projections, and the
+all-gather and reduce-scatter that measure the interconnect (`parallel.calibrate_interconnect`).
+
+Under Megatron tensor parallelism over n ranks (BlockConfig.tp = n, see BlockConfig.shard) each rank ends the
+output projection and FFN-down with a partial [tokens, d_model] sum; an all-reduce adds the n partials, and
+every rank gets the full result. These ops run only when tp > 1, inside `roofline profile --tp N`.
+
+Conventions, those of NCCL-tests ("bus bandwidth"), for a buffer of S bytes (E elements) over n ranks:
+- min_bytes is the bus bytes, what each rank must send (and receive) over its links with the optimal
+  algorithm: all-reduce 2·(n−1)/n·S (a reduce-scatter, then an all-gather); all-gather (S = the gathered
+  output) and reduce-scatter (S = the whole input) (n−1)/n·S. So min_bytes / time is NCCL-tests' busbw
+  = algbw·2(n−1)/n (all-reduce) or algbw·(n−1)/n, which does not depend on n for an ideal ring: it compares
+  with the link bandwidth, and it is the roof these ops meet ("comm.busbw", model.ceiling_key).
+- FLOPs are the reduction adds a rank performs: it reduces its 1/n of the elements from n−1 peers, so
+  (n−1)/n·E for all-reduce and reduce-scatter, 0 for all-gather. Their intensity (≤ 1/(2·bytes)) puts them far
+  left of any ridge: they are interconnect-bound.
+- Check: the ranks' inputs are the shared random `base` scaled by rank + 1, so every rank can compute the
+  expected float64 sum (or gathered rows) and checks that it got it.
+- The element type is the projection's output type (bf16 under fp8, which writes bf16). The all-reduce works in
+  place, as Megatron's does: timing calls keep reducing the same buffer (its values grow ×n per call,
+  harmless for the time; the check reads the first call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+
+from roofline.config import BlockConfig
+from roofline.ops.base import TORCH_DTYPES, Inputs, Op, Variant
+from roofline.ops.linear import FP8_OUT_DTYPE, out_bytes
+
+# torch ≥ 2.11 renamed the tensor collectives (the old names warn).
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def elements(c: BlockConfig) -> int:
+    """E: the [tokens, d_model] activation a collective moves (the all-reduced, gathered or scattered whole)."""
+    return c.tokens * c.d_model
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def needs_ranks(c: BlockConfig, device: torch.device) -> str | None:
+    """A collective needs the process group of `profile --tp` with exactly tp ranks."""
+    if dist.is_initialized() and dist.get_world_size() == c.tp:
+        return None
+    return f"needs {c.tp} ranks in a process group (roofline profile --tp {c.tp})"
+
+
+def _base(c: BlockConfig, device: torch.device, gen: torch.Generator) -> torch.Tensor:
+    dtype = FP8_OUT_DTYPE if c.dtype == "fp8" else TORCH_DTYPES[c.dtype]
+    return torch.randn((c.tokens, c.d_model), device=device, dtype=dtype, generator=gen)
+
+
+def rank_rows(base: torch.Tensor, r: int, rows: torch.Tensor) -> torch.Tensor:
+    """Rows `rows` of rank r's input (base·(r + 1), rounded in base's dtype as rank r rounds it), as float64."""
+    return (base.index_select(0, rows.to(base.device)) * (r + 1)).double()
+
+
+def _full_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+    base = _base(c, device, gen)
+    return {"base": base, "x": base * (rank() + 1)}
+
+
+def _chunk_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+    """All-gather: this rank's contiguous tokens/n rows; the gathered output is every rank's, in rank order."""
+    base, chunk = _base(c, device, gen), c.tokens // c.tp
+    return {"base": base, "x": base[rank() * chunk:(rank() + 1) * chunk] * (rank() + 1)}
+
+
+def _all_reduce(c: BlockConfig, i: Inputs):
+    x = i["x"]
+
+    def run() -> torch.Tensor:
+        dist.all_reduce(x)
+        return x
+
+    return run
+
+
+def _all_gather_build(c: BlockConfig, i: Inputs):
+    x = i["x"]
+    out = torch.empty((c.tokens, c.d_model), dtype=x.dtype, device=x.device)
+    return lambda: (_all_gather(out, x), out)[1]
+
+
+def _reduce_scatter_build(c: BlockConfig, i: Inputs):
+    x = i["x"]
+    out = torch.empty((c.tokens // c.tp, c.d_model), dtype=x.dtype, device=x.device)
+    return lambda: (_reduce_scatter(out, x), out)[1]
+
+
+def _sum_reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Tensor:
+    return sum(rank_rows(i["base"], r, rows) for r in range(c.tp))  # type: ignore[return-value]
+
+
+def _gather_reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Tensor:
+    owner = rows // (c.tokens // c.tp)
+    out = torch.empty((len(rows), c.d_model), dtype=torch.float64, device=i["base"].device)
+    for r in range(c.tp):
+        mine = owner == r
+        out[mine.to(out.device)] = rank_rows(i["base"], r, rows[mine])
+    return out
+
+
+def _scatter_reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Tensor:
+    return _sum_reference(c, i, rows + rank() * (c.tokens // c.tp))
+
+
+def _bus_bytes(factor: int) -> Callable[[BlockConfig], int]:
+    """factor·(n−1)/n·S: NCCL-tests' bus bytes of a collective over a buffer of S = E·bytes."""
+    return lambda c: factor * (c.tp - 1) * elements(c) * out_bytes(c) // c.tp
+
+
+def _collective(name: str, call: str, doc: str, build, reference, make_inputs,  # type: ignore[no-untyped-def]
+                flops: Callable[[BlockConfig], int], bus_factor: int, flops_formula: str, bytes_formula: str) -> Op:
+    return Op(
+        name=name, group="comm", unit="comm", flops=flops, min_bytes=_bus_bytes(bus_factor),
+        make_inputs=make_inputs, reference=reference,
+        variants=(Variant("torch", build, requires=needs_ranks, dtypes=tuple(TORCH_DTYPES),
+                          doc=f"torch.distributed.{call} (NCCL on GPUs, gloo on the CPU)"),),
+        flops_formula=flops_formula, bytes_formula=bytes_formula, doc=doc, applies=lambda c: c.tp > 1,
+    )
+
+
+def _reduce_adds(c: BlockConfig) -> int:
+    return (c.tp - 1) * elements(c) // c.tp
+
+
+def _all_reduce_op(name: str, after: str) -> Op:
+    return _collective(
+        name, "all_reduce",
+        f"All-reduce of the {after} partial sums: every rank gets the sum of the n ranks' [T, d_model].",
+        _all_reduce, _sum_reference, _full_inputs, _reduce_adds, 2,
+        "(n−1)/n·T·d_model  (this rank's share of the reduction adds)",
+        "2·(n−1)/n·T·d_model·bytes  (NCCL bus bytes: reduce-scatter then all-gather)")
+
+
+ALLREDUCE_OUT_PROJ = _all_reduce_op("allreduce_out_proj", "output projection's")
+ALLREDUCE_FFN_DOWN = _all_reduce_op("allreduce_ffn_down", "FFN-down's")
+
+ALL_GATHER = _collective(
+    "all_gather", "all_gather_into_tensor",
+    "All-gather: each rank contributes T/n rows of [T, d_model] and receives all T.",
+    _all_gather_build, _gather_reference, _chunk_inputs, lambda c: 0, 1,
+    "0  (no arithmetic)", "(n−1)/n·T·d_model·bytes  (NCCL bus bytes; S = the gathered output)")
+
+REDUCE_SCATTER = _collective(
+    "reduce_scatter", "reduce_scatter_tensor",
+    "Reduce-scatter: the sum of the ranks' [T, d_model], each rank keeping its T/n rows.",
+    _reduce_scatter_build, _scatter_reference, _full_inputs, _reduce_adds, 1,
+    "(n−1)/n·T·d_model  (this rank's share of the reduction adds)",
+    "(n−1)/n·T·d_model·bytes  (NCCL bus bytes; S = the whole input)")
+
+# The block's collectives, and the op of the block order each follows (FFN-down's all-reduce follows the
+# last FFN op: ffn_down, or moe_experts in a mixture-of-experts block).
+OPS = (ALLREDUCE_OUT_PROJ, ALLREDUCE_FFN_DOWN)
+FOLLOWS = {"allreduce_out_proj": "out_proj", "allreduce_ffn_down": "moe_experts"}
+COLLECTIVES = {"all_reduce": ALLREDUCE_OUT_PROJ, "all_gather": ALL_GATHER, "reduce_scatter": REDUCE_SCATTER}
