@@ -40,9 +40,10 @@ def seconds(value: float | None) -> str:
 
 
 def intensity(value: float | None) -> str:
+    """FLOP per byte: 3 significant digits, whole numbers from 1000 up ('2234', not '2.23e+03')."""
     if value is None or not math.isfinite(value):
         return "–"
-    return f"{value:.3g}"
+    return f"{value:.0f}" if abs(value) >= 999.5 else f"{value:.3g}"
 
 
 def pct(value: float | None) -> str:

@@ -24,7 +24,6 @@ from roofline import fmt, model
 from roofline.fmt import describe_run
 from roofline.fusion import FusionResult, summarize
 from roofline.plot_labels import (
-    LINE_COST,
     Label,
     Obstacles,
     flat_label,
@@ -51,7 +50,8 @@ DEVICE_ROOF_COLORS = ("#333333", "#9a7418", "#2b7a78", "#7a2b5e")
 RUN_STYLES = ({"filled": True, "alpha": 0.95}, {"filled": False, "alpha": 1.0},
               {"filled": True, "alpha": 0.4}, {"filled": False, "alpha": 0.5})
 MARKER_AREA = 70.0  # scatter size, points²
-RIDGE_ANGLES = (150, 165, 135, 180, 120, 195)  # up-left of a ridge is empty: nothing beats the memory roof
+# Up-left of a ridge is empty (nothing beats the memory roof) unless another roof runs there: try it first.
+RIDGE_ANGLES = (150, 165, 135, 180, 120, 195, 60, 30, 90, 0, -30, -60, -90, -120, -150)
 SPEEDUP_GOOD, SPEEDUP_BAD = "#1a7f37", "#b42318"
 
 
@@ -217,14 +217,15 @@ def roofline_figure(results_list: list[Results]) -> Figure:
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 
-    taken = Obstacles()
-    taken.add(point_obstacles(ax, [(p[1], p[2]) for p in points] + [c[1] for c in chains], MARKER_AREA), 1.0)
-    taken.add(_shade_regions(ax, results_list[0], xlim, ylim), 1.0)
+    taken = Obstacles(fig.bbox.width, fig.bbox.height)
+    taken.add(point_obstacles(ax, [(p[1], p[2]) for p in points] + [c[1] for c in chains], MARKER_AREA))
+    taken.add(_shade_regions(ax, results_list[0], xlim, ylim))
     chain_labels, arrow_paths, speedups = _draw_fusions(ax, chains)
-    taken.add(line_obstacles(ax, arrow_paths), LINE_COST)
-    ridge_labels = _draw_roofs(ax, all_roofs, xlim, ylim, taken, str(_device(results_list[0]).get("kind", "cuda")))
+    taken.add(line_obstacles(ax, arrow_paths), line=True)
+    _draw_roofs(ax, all_roofs, xlim, ylim, taken, str(_device(results_list[0]).get("kind", "cuda")))
+    _label_memory_roofs(ax, all_roofs, xlim, ylim, taken)
     point_labels = _draw_points(ax, points, results_list, speedups)
-    place_labels(ax, ridge_labels + chain_labels + point_labels, taken)
+    place_labels(ax, chain_labels + point_labels, taken)
 
     _legend(fig, points, labels, {roof.source for roof in all_roofs}, bool(chains))
     not_shown = _not_shown(results_list, labels)
@@ -321,18 +322,16 @@ def _shade_regions(ax: Axes, results: Results, xlim: tuple[float, float],
 
 
 def _draw_roofs(ax: Axes, all_roofs: list[Roof], xlim: tuple[float, float], ylim: tuple[float, float],
-                taken: Obstacles, device_kind: str) -> list[Label]:
-    """Memory and compute roofs; the lines are added to `taken` so op labels avoid them. Each roof is labelled
-    once per device with both its values ('bf16 tensor cores 989 TFLOP/s datasheet, 754 TFLOP/s measured'),
-    above its highest line: nothing measured sits there, and the label may run on left of the ridge, over the
-    empty space above the memory roof. Returns the ridge labels (one per roof, both ridges), placed with the ops'."""
-    colors = {d: DEVICE_ROOF_COLORS[i % len(DEVICE_ROOF_COLORS)]
-              for i, d in enumerate(dict.fromkeys(r.device for r in all_roofs))}
-    prefix = {d: f"{d}: " if len(colors) > 1 else "" for d in colors}
+                taken: Obstacles, device_kind: str) -> None:
+    """Memory and compute roofs, their lines and labels added to `taken` so op labels avoid them. Each compute
+    roof is labelled once per device with all its values ('bf16 tensor cores 989 TFLOP/s datasheet, 754
+    measured'), above its highest line: nothing measured sits there, and the label may run on left of the
+    ridge, over the empty space above the memory roof. Then the ridges ('ridge 295 · 251 FLOP/B')."""
+    colors, prefix = _roof_colors(all_roofs)
     lines = [[(r.ridge, r.peak_flops), (xlim[1], r.peak_flops)] for r in all_roofs]
     lines += [[(max(xlim[0], ylim[0] / r.bandwidth), max(xlim[0], ylim[0] / r.bandwidth) * r.bandwidth),
                (r.ridge, r.peak_flops)] for r in all_roofs]
-    taken.add(line_obstacles(ax, lines), LINE_COST)
+    taken.add(line_obstacles(ax, lines), line=True)
     for roof in dict.fromkeys(all_roofs):
         dashes = "-" if roof.source == "datasheet" else "--"
         x0 = max(xlim[0], ylim[0] / roof.bandwidth)
@@ -350,27 +349,47 @@ def _draw_roofs(ax: Axes, all_roofs: list[Roof], xlim: tuple[float, float], ylim
         ridges = " · ".join(dict.fromkeys(f"{r.ridge:.3g}" for r in same))
         ridge_labels.append(Label(top.ridge, top.peak_flops, f"ridge {ridges} FLOP/B", color=colors[device], size=7,
                                   angles=RIDGE_ANGLES))
+    place_labels(ax, ridge_labels, taken)
+
+
+def _label_memory_roofs(ax: Axes, all_roofs: list[Roof], xlim: tuple[float, float], ylim: tuple[float, float],
+                        taken: Obstacles) -> None:
+    """The memory roofs' label ('memory 3.35 TB/s datasheet, 3 measured') along their slope, once per device,
+    where the line runs far from markers: ops need the room next to them for their own labels."""
+    colors, prefix = _roof_colors(all_roofs)
     for device, same in _by(all_roofs, lambda r: r.device).items():
         top = max(same, key=lambda r: (r.bandwidth, r.ridge))
         left = max(xlim[0], ylim[0] / top.bandwidth)
         text = f"{prefix[device]}memory {_values(same, lambda r: fmt.bandwidth(r.bandwidth))}"
-        slope_label(ax, text, colors[device], top.bandwidth, (left, top.ridge), taken)
-    return ridge_labels
+        low = min(r.bandwidth for r in same)
+        slope_label(ax, text, colors[device], (top.bandwidth, low), (left, top.ridge), taken)
+
+
+def _roof_colors(all_roofs: list[Roof]) -> tuple[dict[str, str], dict[str, str]]:
+    """A colour per device, and the prefix its roof labels take ('NVIDIA H200: ', only with several devices)."""
+    colors = {d: DEVICE_ROOF_COLORS[i % len(DEVICE_ROOF_COLORS)]
+              for i, d in enumerate(dict.fromkeys(r.device for r in all_roofs))}
+    return colors, {d: f"{d}: " if len(colors) > 1 else "" for d in colors}
 
 
 def _values(same: list[Roof], show: Callable[[Roof], str]) -> str:
-    """'989 TFLOP/s datasheet, 799 / 754 TFLOP/s measured': each source's distinct values (several runs of one
-    device may have calibrated differently). A bandwidth one source borrowed from the other is not repeated."""
+    """'989 TFLOP/s datasheet, 799 / 754 measured': each source's distinct values (runs of one device may have
+    calibrated differently), the unit written once. A bandwidth one source borrowed from the other is left out."""
     by_source: dict[str, list[str]] = {}
     for roof in same:
         by_source.setdefault(roof.source, []).append(show(roof))
     seen: set[str] = set()
-    parts = []
+    first_unit, parts = "", []
     for source, values in by_source.items():
         fresh = [v for v in dict.fromkeys(values) if v not in seen]
         seen.update(fresh)
-        if fresh:
-            parts.append(f"{' / '.join(fresh)} {source}")
+        shown = []
+        for value in fresh:
+            number, _, unit = value.partition(" ")
+            shown.append(number if unit == first_unit else value)
+            first_unit = first_unit or unit
+        if shown:
+            parts.append(f"{' / '.join(shown)} {source}")
     return ", ".join(parts)
 
 

@@ -26,14 +26,17 @@ if TYPE_CHECKING:
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in display pixels
 
-RADII_PX = (6, 12, 20, 30, 44, 62, 84, 110, 140)
-ANGLES_DEG = (0, 180, 28, -28, 152, -152, 90, -90, 60, -60, 120, -120)
+RADII_PX = (9, 14, 20, 30, 44, 62, 84, 110, 140)  # a marker and its margin reach 9 px
+ANGLES_DEG = (0, 180, 20, -20, 160, -160, 40, -40, 140, -140, 90, -90, 65, -65, 115, -115)
 LEADER_FROM_PX = 15  # a label farther than this from its point gets a leader line
 LEADER_STEP_PX = 5
+LINE_COST = 0.3  # per pixel of a line (roof, arrow, leader) under a label, against 1 for a label or a marker
 OUTSIDE_COST = 20.0  # per pixel of label outside the axes
-LINE_COST = 0.3  # per pixel of a line (roof, arrow, leader) under a label
-LEADER_COST = 12.0  # a leader line crossing something: × the covered pixels of its small boxes
-AMBIGUOUS_COST = 150.0  # a label nearer another point than its own reads as naming that one
+LEADER_COST = 3.0  # a leader line crossing something: × the covered pixels of its small boxes
+AMBIGUOUS_COST = 150.0  # a label nearer another point than its own reads as naming that one (a leader helps)
+HARD_WEIGHT = 10.0  # when nothing is free: a pixel of label covered outweighs ten of soft cost
+RING_COST = 10.0  # each ring farther from the point: a nearby spot across a line beats a far one with a leader
+CELL_PX = 2  # resolution of the occupancy maps
 COINCIDENT_PX = 6  # points closer than this hide each other: one label names them all
 ROOF_FONT_SIZE = 8.5
 
@@ -50,29 +53,42 @@ class Label:
 
 
 class Obstacles:
-    """Boxes in display pixels, each with the cost of covering one of its pixels, kept as arrays so that every
-    candidate position of a label is scored in one numpy expression."""
+    """What the figure already shows, as two occupancy maps of its pixels (in cells of CELL_PX): solid (labels,
+    markers: never to be covered) and lines (roofs, arrows, leaders: may be crossed). How much of a box is taken
+    is read from a summed-area table in four lookups, so scoring thousands of candidate boxes is cheap."""
 
-    def __init__(self) -> None:
-        self.boxes = np.empty((0, 4))
-        self.weights = np.empty(0)
+    def __init__(self, width_px: float, height_px: float) -> None:
+        shape = (math.ceil(height_px / CELL_PX) + 1, math.ceil(width_px / CELL_PX) + 1)
+        self._maps = {False: np.zeros(shape, dtype=bool), True: np.zeros(shape, dtype=bool)}
+        self._tables: dict[bool, np.ndarray] = {}
 
-    def add(self, boxes: np.ndarray | Sequence[Box], weight: float) -> None:
-        boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
-        self.boxes = np.vstack([self.boxes, boxes])
-        self.weights = np.concatenate([self.weights, np.full(len(boxes), weight)])
+    def add(self, boxes: np.ndarray | Sequence[Box], line: bool = False) -> None:
+        taken = self._maps[line]
+        for x0, y0, x1, y1 in self._cells(np.asarray(boxes, dtype=float).reshape(-1, 4)):
+            taken[y0:y1, x0:x1] = True
+        self._tables.pop(line, None)
 
-    def covered(self, boxes: np.ndarray) -> np.ndarray:
-        """Weighted pixels of obstacles under each of `boxes` (n × 4): one number per box."""
-        if not len(boxes) or not len(self.boxes):
-            return np.zeros(len(boxes))
-        lo, hi = boxes[:, :2].min(axis=0), boxes[:, 2:].max(axis=0)
-        near = ((self.boxes[:, 0] < hi[0]) & (self.boxes[:, 2] > lo[0]) & (self.boxes[:, 1] < hi[1])
-                & (self.boxes[:, 3] > lo[1]))
-        others, weights = self.boxes[near], self.weights[near]
-        w = np.minimum(boxes[:, None, 2], others[None, :, 2]) - np.maximum(boxes[:, None, 0], others[None, :, 0])
-        h = np.minimum(boxes[:, None, 3], others[None, :, 3]) - np.maximum(boxes[:, None, 1], others[None, :, 1])
-        return (np.clip(w, 0, None) * np.clip(h, 0, None)) @ weights
+    def covered(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels of solid obstacles and of lines under each of `boxes` (n × 4): two arrays of n."""
+        x0, y0, x1, y1 = self._cells(boxes).T
+        solid, lines = (self._table(line) for line in (False, True))
+        return tuple((t[y1, x1] - t[y0, x1] - t[y1, x0] + t[y0, x0]) * CELL_PX ** 2  # type: ignore[return-value]
+                     for t in (solid, lines))
+
+    def _cells(self, boxes: np.ndarray) -> np.ndarray:
+        """Boxes in whole cells (to the nearest cell edge), clipped to the figure."""
+        rows, cols = self._maps[False].shape
+        cells = np.round(boxes / CELL_PX).astype(int)
+        return np.clip(cells, 0, [cols, rows, cols, rows])
+
+    def _table(self, line: bool) -> np.ndarray:
+        """Summed-area table of one map: t[y, x] = taken cells below and left of (x, y)."""
+        if line not in self._tables:
+            taken = self._maps[line]
+            table = np.zeros((taken.shape[0] + 1, taken.shape[1] + 1), dtype=np.int32)
+            table[1:, 1:] = taken.cumsum(axis=0, dtype=np.int32).cumsum(axis=1)
+            self._tables[line] = table
+        return self._tables[line]
 
 
 def point_obstacles(ax: Axes, points: Sequence[tuple[float, float]], marker_area: float) -> np.ndarray:
@@ -108,12 +124,13 @@ def outside(boxes: np.ndarray, bounds: Box) -> np.ndarray:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - w * h
 
 
-def choose(costs: np.ndarray) -> int:
-    """The first candidate that collides with nothing, else the least colliding (earlier = nearer, on ties)."""
-    free = np.flatnonzero(costs <= 0)
-    if len(free):
-        return int(free[0])
-    return int(np.argmin(costs + 0.5 * np.arange(len(costs))))
+def choose(hard: np.ndarray, soft: np.ndarray, penalty: np.ndarray) -> int:
+    """Among the candidates that cover no label or marker and stay inside (hard = 0), the one with the least
+    soft cost (lines crossed, ambiguity) + penalty (the farther, the dearer); when every one collides, the one
+    that covers least, soft cost and penalty breaking near-ties."""
+    score = soft + penalty
+    free = hard <= 0
+    return int(np.argmin(np.where(free, score, np.inf)) if free.any() else np.argmin(HARD_WEIGHT * hard + score))
 
 
 def text_size(ax: Axes, text: str, size: float, bold: bool = False) -> tuple[float, float]:
@@ -128,7 +145,7 @@ def text_size(ax: Axes, text: str, size: float, bold: bool = False) -> tuple[flo
     return width + 8, line_height + 3
 
 
-def _leaders(anchor: np.ndarray, boxes: np.ndarray, skip_px: float = 9) -> tuple[np.ndarray, np.ndarray]:
+def _leaders(anchor: np.ndarray, boxes: np.ndarray, skip_px: float = 12) -> tuple[np.ndarray, np.ndarray]:
     """Small boxes along each box's leader line, from the anchor (past its marker) to the box's centre, stopping
     at the box; returns (the small boxes, the index of the box each belongs to)."""
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
@@ -159,20 +176,20 @@ def place_labels(ax: Axes, labels: Sequence[Label], taken: Obstacles) -> None:
         offsets = np.column_stack([np.cos(angles) * (radii + width / 2), np.sin(angles) * (radii + height / 2)])
         centres = anchor + offsets
         boxes = np.hstack([centres - (width / 2, height / 2), centres + (width / 2, height / 2)])
-        costs = (taken.covered(boxes) + OUTSIDE_COST * outside(boxes, bounds)
-                 + AMBIGUOUS_COST * _ambiguous(boxes, anchor, np.delete(anchors, k, axis=0)))
-        # Leaders cost most to score: first only for the boxes that are free, all of them only if none is.
+        solid, lines = taken.covered(boxes)
+        hard = solid + OUTSIDE_COST * outside(boxes, bounds)
+        soft = LINE_COST * lines + AMBIGUOUS_COST * _ambiguous(boxes, anchor, np.delete(anchors, k, axis=0))
         needs = radii > LEADER_FROM_PX
-        for which in (needs & (costs <= 0), needs & (costs > 0)):
-            if which.any():
-                leaders, owner = _leaders(anchor, boxes[which])
-                costs[which] += LEADER_COST * np.bincount(owner, taken.covered(leaders), minlength=int(which.sum()))
-            if (costs <= 0).any():
-                break
-        i = choose(costs)
-        taken.add(boxes[i], 1.0)
+        if needs.any():
+            leaders, owner = _leaders(anchor, boxes[needs])
+            solid, lines = taken.covered(leaders)
+            hard[needs] += LEADER_COST * np.bincount(owner, solid, minlength=int(needs.sum()))
+            soft[needs] += LEADER_COST * LINE_COST * np.bincount(owner, lines, minlength=int(needs.sum()))
+        rings = np.repeat(np.arange(len(RADII_PX)), len(label.angles))
+        i = choose(hard, soft, RING_COST * rings + 0.5 * np.tile(np.arange(len(label.angles)), len(RADII_PX)))
+        taken.add(boxes[i])
         if needs[i]:
-            taken.add(_leaders(anchor, boxes[i:i + 1])[0], LINE_COST)
+            taken.add(_leaders(anchor, boxes[i:i + 1])[0], line=True)
         dx, dy = offsets[i]
         leader = {"arrowstyle": "-", "color": "#9a9a9a", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 3}
         ax.annotate(label.text, (label.x, label.y), xytext=(dx * pt_per_px, dy * pt_per_px),
@@ -227,35 +244,49 @@ def flat_label(ax: Axes, text: str, color: str, span: tuple[float, float], y_abo
     below = ax.transData.transform((span[1], y_below))[1] - height / 2 - 3
     centres = np.array([(x, y) for y in (above, below) for x in xs])
     boxes = np.hstack([centres - (width / 2, height / 2), centres + (width / 2, height / 2)])
-    i = choose(taken.covered(boxes) + OUTSIDE_COST * outside(boxes, axes_bounds(ax)))
-    taken.add(boxes[i], 1.0)
+    solid, lines = taken.covered(boxes)
+    i = choose(solid + OUTSIDE_COST * outside(boxes, axes_bounds(ax)), LINE_COST * lines, 0.5 * np.arange(len(boxes)))
+    taken.add(boxes[i])
     x, y_data = ax.transData.inverted().transform(centres[i])
     ax.text(x, y_data, text, color=color, ha="center", va="center", fontsize=ROOF_FONT_SIZE, zorder=4)
 
 
-def _rotated_boxes(x: float, y: float, angle_deg: float, width: float, height: float) -> np.ndarray:
-    """Squares of side `height` covering a text box rotated by angle_deg about its lower-left corner (x, y)."""
+def _rotated_boxes(x: float, y: float, angle_deg: float, width: float, height: float, rows: int = 3) -> np.ndarray:
+    """Small squares tiling a text box rotated by angle_deg about its lower-left corner (x, y): `rows` rows of
+    squares of side height / rows, so they follow the box closely at any angle."""
     c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
-    k = np.arange(max(1, math.ceil(width / height))) + 0.5
-    cx, cy = x + c * height * k - s * height / 2, y + s * height * k + c * height / 2
-    return np.column_stack([cx - height / 2, cy - height / 2, cx + height / 2, cy + height / 2])
+    side = height / rows
+    along = (np.arange(max(1, math.ceil(width / side))) + 0.5) * side
+    across = (np.arange(rows) + 0.5) * side
+    u, v = np.meshgrid(along, across)
+    cx, cy = (x + c * u - s * v).ravel(), (y + s * u + c * v).ravel()
+    return np.column_stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
 
 
-def slope_label(ax: Axes, text: str, color: str, slope: float, span: tuple[float, float], taken: Obstacles) -> None:
-    """A label just above the line y = slope·x (a memory roof), rotated to its on-screen angle, at the first free
-    spot."""
+def slope_label(ax: Axes, text: str, color: str, slopes: tuple[float, float], span: tuple[float, float],
+                taken: Obstacles) -> None:
+    """A label along the memory roofs y = slope·x, rotated to their on-screen angle, at the first free spot just
+    above the line of slopes[0], else a little higher (nothing measured sits above a memory roof, only other
+    labels), else just below the line of slopes[1]; of the free spots, the one farthest from markers and labels
+    (memory-bound ops crowd the memory roof), so that their labels keep the room next to them."""
     width, height = text_size(ax, text, ROOF_FONT_SIZE)
-    p0 = ax.transData.transform((span[0], span[0] * slope))
-    p1 = ax.transData.transform((span[1], span[1] * slope))
-    angle = math.degrees(math.atan2(p1[1] - p0[1], p1[0] - p0[0]))
-    length = math.hypot(p1[0] - p0[0], p1[1] - p0[1])
-    normal = np.array((-math.sin(math.radians(angle)), math.cos(math.radians(angle))))
-    fracs = [f for f in (0.1, 0.16, 0.05, *np.arange(0.22, 0.95, 0.06)) if f * length + width < length]
-    starts = [p0 + (p1 - p0) * f + normal * 3 for f in fracs] or [p0 + normal * 3]
-    candidates = [_rotated_boxes(x, y, angle, width, height) for x, y in starts]
-    bounds = axes_bounds(ax)
-    i = choose(np.array([taken.covered(b).sum() + OUTSIDE_COST * outside(b, bounds).sum() for b in candidates]))
-    taken.add(candidates[i], 1.0)
+    starts = []
+    for slope, shift in ((slopes[0], 3), (slopes[0], 3 + height), (slopes[0], 3 + 2 * height),
+                         (slopes[1], -(3 + height))):
+        p0 = ax.transData.transform((span[0], span[0] * slope))
+        p1 = ax.transData.transform((span[1], span[1] * slope))
+        angle = math.degrees(math.atan2(p1[1] - p0[1], p1[0] - p0[0]))
+        length = math.hypot(p1[0] - p0[0], p1[1] - p0[1])
+        normal = np.array((-math.sin(math.radians(angle)), math.cos(math.radians(angle))))
+        fracs = [f for f in np.arange(0.02, 1, 0.02) if f * length + width < length] or [0]
+        starts += [p0 + (p1 - p0) * f + normal * shift for f in fracs]
+    candidates = np.stack([_rotated_boxes(x, y, angle, width, height) for x, y in starts])  # n × squares × 4
+    flat = candidates.reshape(-1, 4)
+    solid, lines = (c.reshape(len(starts), -1).sum(axis=1) for c in taken.covered(flat))
+    near, _ = (c.reshape(len(starts), -1).sum(axis=1) for c in taken.covered(flat + (-24, -24, 24, 24)))
+    off = outside(flat, axes_bounds(ax)).reshape(len(starts), -1).sum(axis=1)
+    i = choose(solid + OUTSIDE_COST * off, LINE_COST * lines + near, 0.5 * np.arange(len(starts)))
+    taken.add(candidates[i])
     x, y = ax.transData.inverted().transform(starts[i])
     ax.text(x, y, text, color=color, rotation=angle, rotation_mode="anchor", ha="left", va="bottom",
             fontsize=ROOF_FONT_SIZE, zorder=4)

@@ -7,7 +7,7 @@ block), never measures. Per op and for the unfused block:
 
 1 is linear scaling; a replicated op (norms, residual adds) scores 1/N, and the block's efficiency also pays
 for the all-reduces, which exist only at TP > 1. A TP run's rows are read at their max over ranks (the first
-row of each op, parallel.merge), since a TP step waits for its slowest rank. `time_split` also splits a block
+row of each op, parallel.merge), since a TP step waits for its slowest rank. `block_split` also splits a block
 into compute-bound, memory-bound and communication time.
 """
 
@@ -24,21 +24,21 @@ from roofline.errors import RooflineError
 from roofline.results import Results
 
 
-def time_split(res: Results) -> dict[str, float]:
-    """Seconds per block in compute-bound, memory-bound and communication ops (baseline rows: the max rows)."""
-    from roofline.fusion import block_time_split
+def block_split(res: Results) -> dict[str, float]:
+    """Seconds per unfused block in compute-bound, memory-bound and communication ops (each op's first row: in a
+    TP run, the max over ranks)."""
+    from roofline.fusion import unfused_block
 
-    split = {**block_time_split(res), "comm": 0.0}
-    for op in {r.op for r in res.rows if r.unit == "comm"}:
-        row = next(r for r in res.rows if r.op == op)  # the row block_time_split counted (the max row)
-        if row.status == "ok" and row.bound in split:
-            split[row.bound] -= (row.time_median_s or 0.0) * row.per_block
-            split["comm"] += (row.time_median_s or 0.0) * row.per_block
+    split = {"compute": 0.0, "memory": 0.0, "comm": 0.0}
+    for row in unfused_block(res):
+        kind = "comm" if row.unit == "comm" else row.bound
+        if kind in split:
+            split[kind] += (row.time_median_s or 0.0) * row.per_block
     return split
 
 
 def split_line(res: Results) -> str:
-    split = time_split(res)
+    split = block_split(res)
     total = sum(split.values())
     if not total:
         return ""
@@ -79,7 +79,7 @@ def scaling(base: Results, tp_res: Results) -> list[Scaling]:
         other = tp_res.find(row.op, row.variant)
         if other and row.time_median_s and other.time_median_s:
             out.append(Scaling(row.op, row.variant, row.time_median_s, other.time_median_s, n))
-    t1, tn = sum(time_split(base).values()), sum(time_split(tp_res).values())
+    t1, tn = sum(block_split(base).values()), sum(block_split(tp_res).values())
     if t1 and tn:
         out.append(Scaling("block", "", t1, tn, n))
     return out

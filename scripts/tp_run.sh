@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Tensor-parallel runs on one 4-GPU machine (issue #8), packed into $OUT/tp.tgz; about 3–5 minutes on 4×H100:
+#   1. the interconnect roof: all-reduce / all-gather / reduce-scatter bus bandwidth over 2 and 4 GPUs (1 GiB, NCCL);
+#   2. `roofline profile` of gpt-7b at seq 8192 with TP = 1, 2, 4 (TP > 1: one rank per GPU, NVLink multicast off);
+#   3. `roofline tp-scaling` of TP=2 and TP=4 against TP=1.
+# usage: scripts/tp_run.sh     env: SEQ (8192), MODEL (gpt-7b), BUDGET (0.3 s per variant),
+#        VARIANTS (every variant but torch.compile's, whose first call is slow; "" = all), STEP_TIMEOUT (170 s)
+set -uo pipefail
+export PYTHONUNBUFFERED=1 NO_COLOR=1 NCCL_NVLS_ENABLE=0
+SEQ=${SEQ:-8192}; MODEL=${MODEL:-gpt-7b}; BUDGET=${BUDGET:-0.3}; STEP_TIMEOUT=${STEP_TIMEOUT:-170}
+VARIANTS=${VARIANTS-torch,naive,sdpa_flash,sdpa_efficient,sdpa_cudnn,triton,eager,loop,grouped,padded_bmm}
+R=${OUT:-/tmp/out}/tp
+mkdir -p "$R"
+export ROOFLINE_CACHE_DIR="$R/cache"  # the interconnect roofs measured in step 1 are read by step 2, and packed
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$R/pip.log" 2>&1 || { echo "pip install -e failed"; tail -5 "$R/pip.log"; }
+step() {  # step NAME COMMAND...: run with a time limit, keep stdout/stderr, print the tail and the wall time
+  local name=$1; shift; echo "=== $name: $* ($(date +%T))"; local t0; t0=$(date +%s)
+  timeout "$STEP_TIMEOUT" "$@" >"$R/$name.stdout" 2>"$R/$name.stderr"; local rc=$?
+  echo "$name: exit $rc, wall $(( $(date +%s) - t0 )) s" | tee -a "$R/walltimes.txt"
+  tail -n 40 "$R/$name.stdout"; grep -v "━" "$R/$name.stderr" | tail -n 12
+}
+nvidia-smi topo -m >"$R/topo.txt" 2>&1; nvidia-smi >"$R/nvidia-smi.txt" 2>&1; head -n 14 "$R/nvidia-smi.txt"
+step interconnect python3 -c "
+from roofline import device, parallel
+parallel.calibrate_interconnect(device.detect('cuda'), ranks=(2, 4), force=True, say=print)"
+args=(--model "$MODEL" --seq-len "$SEQ" --budget "$BUDGET")
+[ -n "$VARIANTS" ] && args+=(--variants "$VARIANTS")
+for tp in 1 2 4; do
+  step "profile-tp$tp" python3 -m roofline profile --tp "$tp" "${args[@]}" --out "$R/$MODEL-s$SEQ-tp$tp"
+done
+for tp in 2 4; do
+  step "scaling-tp$tp" env COLUMNS=140 python3 -m roofline tp-scaling "$R/$MODEL-s$SEQ-tp1/results.json" \
+    "$R/$MODEL-s$SEQ-tp$tp/results.json"
+done
+tar czf "${OUT:-/tmp/out}/tp.tgz" -C "${OUT:-/tmp/out}" tp && rm -rf "$R"
