@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Where a Transformer block spends its time on a GPU, and why.")
 stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 220)
 command_line: list[str] = []  # the command line, recorded in results.json
-stderr = Console(stderr=True, soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 
 
 def warn(message: str) -> None:

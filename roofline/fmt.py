@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 def _scaled(value: float | None, units: list[tuple[float, str]], digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
+    value = float(f"{value:.{digits}g}")  # round first: 999.96e12 reads '1 P', not '1e+03 T'
     for scale, suffix in units:
         if abs(value) >= scale:
             return f"{value / scale:.{digits}g} {suffix}".rstrip()

@@ -143,7 +143,7 @@ def facts(run: dict[str, Any]) -> list[tuple[str, str]]:
 
 def ceilings(res: Results) -> list[dict[str, Any]]:
     """Datasheet and measured roofs side by side, with how many measured rows each compute roof bounds."""
-    from roofline import fmt, plot
+    from roofline import fmt, plot_roofs
 
     peaks: dict[str, Any] = res.run.get("peaks", {})
     sheet, measured = peaks.get("datasheet") or {}, peaks.get("measured") or {}
@@ -151,9 +151,9 @@ def ceilings(res: Results) -> list[dict[str, Any]]:
     sheet_flops, measured_flops = sheet.get("flops") or {}, measured.get("peak_flops") or {}
     used = [r.ceiling for r in res.ok_rows()]
     out = []
-    for key in sorted(set(sheet_flops) | set(measured_flops), key=plot.roof_order):
+    for key in sorted(set(sheet_flops) | set(measured_flops), key=plot_roofs.roof_order):
         ds, me = sheet_flops.get(key), measured_flops.get(key)
-        out.append({"roof": plot.roof_name(key, kind), "key": key, "datasheet": fmt.si(ds, "FLOP/s"),
+        out.append({"roof": plot_roofs.roof_name(key, kind), "key": key, "datasheet": fmt.si(ds, "FLOP/s"),
                     "measured": fmt.si(me, "FLOP/s"), "ratio": fmt.pct(100 * me / ds) if ds and me else "–",
                     "used": used.count(key)})
     for name, key, ds in (("memory (copy)", "memory_bandwidth", sheet.get("memory_bandwidth")),

@@ -23,13 +23,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BlockOp:
-    """One op's share of a block: seconds per block (time per call × per_block)."""
+    """One op's share of a block: seconds per block (time per call × per_block); a fused variant also keeps the
+    seconds per block of the chain it replaced."""
 
     op: str
     variant: str
     label: str
     time_s: float
     bound: str
+    replaced_s: float | None = None
 
 
 def block_before_after(results: Results) -> tuple[list[BlockOp], list[BlockOp]]:
@@ -49,7 +51,8 @@ def block_before_after(results: Results) -> tuple[list[BlockOp], list[BlockOp]]:
         if row is None or not all(op in after and after[op].op == op for op in f.chain_ops):
             continue
         label = f"{f.group} · {f.fused_variant}" + (f" ×{row.per_block}" if row.per_block > 1 else "")
-        fused = BlockOp(f.group, f.fused_variant, label, f.fused_time_s * row.per_block, row.bound)
+        fused = BlockOp(f.group, f.fused_variant, label, f.fused_time_s * row.per_block, row.bound,
+                        sum(after[op].time_s for op in f.chain_ops))
         after = {k: (fused if k == f.chain_ops[0] else v) for k, v in after.items() if k not in f.chain_ops[1:]}
     return list(before.values()), list(after.values())
 
@@ -94,7 +97,8 @@ def _time_bars(ax: Axes, ops: list[BlockOp], longest: float, rows: int, plain: s
     ax.set_ylim(rows - 0.5, -0.5)  # the same bar thickness in both panels
     ax.set_xlim(0, longest * 1.32)
     for k, o in enumerate(ops):
-        ax.text(o.time_s + longest * 0.015, k, f"{fmt.seconds(o.time_s)}  {100 * o.time_s / total:.0f} %",
+        was = f"  (was {fmt.seconds(o.replaced_s)})" if o.replaced_s else ""
+        ax.text(o.time_s + longest * 0.015, k, f"{fmt.seconds(o.time_s)}  {100 * o.time_s / total:.0f} %{was}",
                 va="center", fontsize=7.5, color="#333333")
     ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.seconds(v) if v else "0"))

@@ -168,6 +168,8 @@ def test_time_split_matches_fusion_module(loaded: list[Results]) -> None:
                 assert entry.time_s == pytest.approx(best * res.find(group, entry.variant).per_block)  # type: ignore
                 chain = next(f.chain_ops for f in summarize(res) if f.group == group)
                 assert not set(chain) - {group} & after_ops
+                was = sum(o.time_s for o in before if o.op in chain)  # the bar's "(was …)": the chain it replaced
+                assert entry.replaced_s == pytest.approx(was)
 
 
 def _label_shapes(fig: object) -> list[tuple[str, np.ndarray]]:
@@ -240,6 +242,24 @@ def test_overlay_of_two_runs(loaded: list[Results], tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["report.html"]
     html = paths[0].read_text()
     assert all(label in html for label in labels)
+    title = plot.describe_runs(runs)  # what both runs share, then what tells them apart
+    assert title.endswith(" vs ".join(labels)) and loaded[0].run["config"]["name"] in title  # type: ignore[index]
+
+
+def test_an_a_a_overlay_tells_the_runs_apart_by_start_time(loaded: list[Results]) -> None:
+    twin = Results(run={**loaded[0].run, "started_at": "2026-11-26T08:42:42+0000"}, rows=loaded[0].rows)
+    first = Results(run={**loaded[0].run, "started_at": "2026-11-26T08:42:08+0000"}, rows=loaded[0].rows)
+    assert plot.run_labels([first, twin]) == ["run 1 (08:42:08)", "run 2 (08:42:42)"]
+
+
+def test_rows_without_a_point_are_named_under_the_plot(loaded: list[Results]) -> None:
+    """A real run with one measured row turned into a failure: the plot says which variant it leaves out."""
+    rows = copy.deepcopy(loaded[0].rows)
+    victim = rows[-1]
+    victim.status, victim.note = "failed", "wrong result (test)"
+    fig = plot.roofline_figure([Results(run=loaded[0].run, rows=rows)])
+    notes = [t.get_text() for t in fig.texts if t.get_text().startswith("Not shown:")]
+    assert len(notes) == 1 and f"{victim.op} ({victim.variant}) failed" in notes[0]
 
 
 def test_render_all_refuses_a_run_with_nothing_measured(loaded: list[Results], tmp_path: Path) -> None:
@@ -303,5 +323,9 @@ def test_report_help_and_light_import() -> None:
     code = "import sys, roofline.cli; print(sorted(m for m in ('matplotlib', 'jinja2') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+    # Nor do the rendering modules import the op catalog (and torch) when they load: fusion imports it lazily.
+    code = "import sys, roofline.report, roofline.plot, roofline.time_split; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
     code, stdout, _ = run_cli(["report", "--help"])
     assert code == 0 and "--no-html" in stdout and "RESULTS.json" in stdout

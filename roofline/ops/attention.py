@@ -206,6 +206,13 @@ def _sdpa(backend_name: str):
     return build
 
 
+def needs_triton_half(c: BlockConfig, device: torch.device) -> str | None:
+    """Our FlashAttention kernel computes in bf16/fp16 with fp32 accumulation only."""
+    if c.dtype not in ("bf16", "fp16"):
+        return f"our Triton FlashAttention has no {c.dtype} path (bf16/fp16 only)"
+    return needs_triton(c, device)
+
+
 def _triton_flash(c: BlockConfig, i: Inputs):
     from roofline.kernels.flash_attention import flash_attention
 
@@ -226,7 +233,7 @@ ATTENTION = Op(
                 doc="SDPA, memory-efficient (xFormers) backend"),
         Variant("sdpa_cudnn", _sdpa("CUDNN_ATTENTION"), fused=True, requires=needs_cuda,
                 doc="SDPA, cuDNN backend"),
-        Variant("triton", _triton_flash, fused=True, requires=needs_triton, doc="kernels/flash_attention.py"),
+        Variant("triton", _triton_flash, fused=True, requires=needs_triton_half, doc="kernels/flash_attention.py"),
     ),
     replaces=("qk_t", "softmax", "attn_v"),
     flops_formula="4·b·h·head_dim·pairs  (two matmuls; pairs = q·kv, or the unmasked half when causal)",

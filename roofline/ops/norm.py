@@ -167,8 +167,9 @@ def _triton(c: BlockConfig, i: Inputs):
 
     def run():
         seed[0] += 1
-        return fused_add_dropout_norm(i["x"], i["residual"], i["weight"], i["bias"], c.dropout_p, seed[0],
-                                      c.norm_eps, c.norm)
+        bias = i["bias"] if c.norm == "layernorm" else None  # RMSNorm has no bias
+        return fused_add_dropout_norm(i["x"], i["residual"], i["weight"], bias, c.dropout_p, seed[0], c.norm_eps,
+                                      c.norm)
 
     return run
 
