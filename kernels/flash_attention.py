@@ -36,6 +36,7 @@ next Q·Kᵀ before P·V made ptxas serialise every wgmma, warning C7515), and t
 (no change at 8 warps, a compiler assertion at 4). Overlap comes from several warpgroups per SM instead.
 """
 
+import inspect
 import math
 import os
 
@@ -241,8 +242,11 @@ def _attn_fwd_kernel(
     tl.store(Out + offs_m[:, None] * stride_om + offs_d[None, :], acc.to(Out.dtype.element_ty), mask=in_q[:, None])
 
 
+# cache_results (Triton ≥ 3.2) keeps each case's winner on disk, so only the first run on a device autotunes.
+_CACHE = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
 _attn_fwd_autotuned = triton.autotune(configs=_all_configs(), key=["q_len", "kv_len", "HEAD_DIM", "CAUSAL"],
-                                      prune_configs_by={"early_config_prune": _prune_configs})(_attn_fwd_kernel)
+                                      prune_configs_by={"early_config_prune": _prune_configs},
+                                      **_CACHE)(_attn_fwd_kernel)
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -273,6 +273,12 @@ def calibrate_cmd(
          f"({ceilings.cache_path(dev)})")
     if out:
         ceilings.save(measured, writable_dir(out) / "ceilings.json")
+    import torch
+
+    if dev.kind == "cuda" and torch.cuda.device_count() > 1:  # the interconnect roof for `profile --tp N`
+        from roofline import parallel
+
+        parallel.calibrate_interconnect(dev, force=force, say=info)
     devices(device)
 
 

@@ -78,7 +78,12 @@ def baseline(results: Results, op: str) -> Row | None:
 
 
 def summarize(results: Results) -> list[FusionResult]:
-    """One FusionResult per (group, fused variant measured ok) whose whole chain was measured ok."""
+    """One FusionResult per (group, fused variant measured ok) whose whole chain was measured ok.
+
+    Like the chain's ops (baseline: an op's first row), each fused variant is read at its first row of the
+    chain's shape: a sweep's other shapes are left out (split the run first, as `report` does), and of a TP
+    run's rows (the max over ranks, then each rank's) the max is taken.
+    """
     out = []
     present = {r.op for r in results.rows}
     for g in groups():
@@ -90,7 +95,11 @@ def summarize(results: Results) -> list[FusionResult]:
         mems = [r.peak_mem_bytes for r in chain_rows]
         unfused = baseline(results, g.fused_op) if g.chain != (g.fused_op,) else None
         chain_mem = unfused.peak_mem_bytes if unfused else (None if None in mems else max(mems))  # type: ignore
-        for fused in (r for r in results.ok_rows() if r.op == g.fused_op and r.fused):
+        firsts: dict[tuple[object, ...], Row] = {}
+        for r in results.rows:
+            if r.op == g.fused_op and r.fused and r.key[2:] == chain_rows[0].key[2:]:
+                firsts.setdefault(r.key, r)
+        for fused in (r for r in firsts.values() if r.status == "ok"):
             out.append(FusionResult(
                 group=g.name, fused_variant=fused.variant,
                 chain_time_s=sum(r.time_median_s or 0.0 for r in chain_rows),

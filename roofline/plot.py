@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 from roofline import fmt, model
@@ -36,8 +37,8 @@ OTHER_COLOR = "#666666"
 VARIANT_MARKERS = {"torch": "o", "naive": "s", "eager": "p", "sdpa_flash": "^", "sdpa_efficient": "v",
                    "sdpa_cudnn": "D", "triton": "*", "compile": "P"}
 SPARE_MARKERS = ("h", "p", "<", ">", "d", "8")
-RUN_STYLES = ({"filled": True, "alpha": 0.95}, {"filled": False, "alpha": 1.0},
-              {"filled": True, "alpha": 0.4}, {"filled": False, "alpha": 0.5})
+RUN_STYLES = ({"filled": True, "alpha": 0.95}, {"filled": False, "alpha": 1.0}, {"filled": True, "alpha": 0.55},
+              {"filled": False, "alpha": 0.6}, {"filled": True, "alpha": 0.25}, {"filled": False, "alpha": 0.3})
 MARKER_AREA = 70.0  # scatter size, points²
 SPEEDUP_GOOD, SPEEDUP_BAD = "#1a7f37", "#b42318"
 
@@ -166,8 +167,10 @@ def roofline_figure(results_list: list[Results]) -> Figure:
 
     _legend(fig, points, labels, {roof.source for roof in all_roofs}, bool(chains))
     not_shown = _not_shown(results_list, labels)
-    if not_shown:
-        fig.text(0.075, 0.012, not_shown, fontsize=8, color="#5f6b76", ha="left", va="bottom", wrap=True)
+    if not_shown:  # under the x-axis label, wherever the tick labels put it
+        ax.annotate("\n".join(textwrap.wrap(not_shown, 170)), (0, 0), xycoords=("axes fraction", ax.xaxis.label),
+                    xytext=(0, -4), textcoords="offset points", ha="left", va="top", fontsize=8, color="#5f6b76",
+                    annotation_clip=False)
     return fig
 
 
@@ -210,9 +213,12 @@ def _legend(fig: Figure, points: list[Point], run_names: list[str], sources: set
 
 
 def _points(results_list: list[Results]) -> list[Point]:
+    """One point per measured (op, variant, shape) of each run: its first row, as fusion and compare read it (of
+    a TP run's rows, the max over ranks comes first)."""
     out = []
     for i, results in enumerate(results_list):
-        for row in results.ok_rows():
+        firsts = {r.key: r for r in reversed(results.rows)}
+        for row in (r for r in results.rows if firsts[r.key] is r and r.status == "ok"):
             if row.flops_per_s and row.intensity > 0 and math.isfinite(row.intensity):
                 out.append((row, row.intensity, row.flops_per_s, i))
     return out
@@ -255,6 +261,8 @@ def _shade_regions(ax: Axes, results: Results, xlim: tuple[float, float],
         ax.text(ridge * 1.15, y, f"compute-bound →\n(ridge of {roof_name(key, kind)})", color=COMPUTE_COLOR,
                 ha="left", va="bottom", fontsize=9, fontweight="bold", alpha=0.85, linespacing=1.1)]
     renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    if captions[1].get_window_extent(renderer).x1 > ax.get_window_extent(renderer).x1:  # a narrow compute side
+        captions[1].set(x=xlim[1] / 1.15, y=y * 8, ha="right")  # against the right edge, above the other caption
     return [tuple(t.get_window_extent(renderer).extents) for t in captions]  # type: ignore[misc]
 
 
@@ -277,7 +285,7 @@ def _draw_points(ax: Axes, points: list[Point], results_list: list[Results],
                     linewidth=0.8, linestyle=":", alpha=0.7, zorder=3)
             continue
         first[row.op, row.variant] = (x, y)
-        several = sum(r.op == row.op for r in results_list[i].ok_rows()) > 1
+        several = len({r.variant for r in results_list[i].rows if r.op == row.op}) > 1
         text = row.op + (f" · {row.variant}" if several else "")
         found = speedups.get((row.op, row.variant))
         if not found:
@@ -312,14 +320,17 @@ def _draw_fusions(ax: Axes, chains: list[Chain]) -> tuple[list[Label], list[list
 
 
 def _not_shown(results_list: list[Results], run_names: list[str]) -> str:
-    """'Not shown: residual_dropout_norm (eager, compile, triton) failed; …' for the rows that have no point."""
+    """'Not shown: 3 failed: residual_dropout_norm; …' for the rows that have no point, variants named only when
+    some of the op's variants did get one."""
     parts = []
     for results, name in zip(results_list, run_names, strict=True):
-        missing: dict[tuple[str, str], list[str]] = {}
+        missing: dict[str, dict[str, list[str]]] = {}
         for r in results.rows:
             if r.status != "ok":
-                missing.setdefault((r.op, r.status), []).append(r.variant)
-        found = "; ".join(f"{op} ({', '.join(variants)}) {status}" for (op, status), variants in missing.items())
-        if found:
-            parts.append(f"{name}: {found}" if len(results_list) > 1 else found)
-    return "Not shown: " + " · ".join(parts) + " (see the report's warnings)" if parts else ""
+                missing.setdefault(r.status, {}).setdefault(r.op, []).append(r.variant)
+        for status, ops in missing.items():
+            named = [op if len(v) == len({r.variant for r in results.rows if r.op == op}) else f"{op} ({', '.join(v)})"
+                     for op, v in ops.items()]
+            count = sum(len(v) for v in ops.values())
+            parts.append(("" if len(results_list) == 1 else f"{name}: ") + f"{count} {status}: {', '.join(named)}")
+    return "Not shown: " + "; ".join(parts) + " (see the report's warnings)" if parts else ""

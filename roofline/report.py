@@ -24,7 +24,9 @@ FIGURES = ("roofline", "time_split")
 
 def render_all(results_list: list[Results], out_dir: Path, html: bool = True, png: bool = True,
                svg: bool = True) -> list[Path]:
-    """Write roofline.{png,svg}, time_split.{png,svg} and report.html into out_dir; returns the paths written."""
+    """Write roofline.{png,svg}, time_split.{png,svg} and report.html into out_dir; returns the paths written.
+    A results file that holds several shapes (a `sweep` over sequence lengths or dtypes) renders as one run
+    per shape, overlaid as several files would be."""
     from roofline import plot, time_split
     from roofline.results import atomic_write
 
@@ -34,6 +36,7 @@ def render_all(results_list: list[Results], out_dir: Path, html: bool = True, pn
         if not res.ok_rows():
             raise RooflineError(f"nothing to plot for {plot.describe_run(res)}: none of its {len(res.rows)} rows "
                                 "was measured (all failed or skipped)")
+    results_list = [part for res in results_list for part in _by_shape(res) if part.ok_rows()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -51,6 +54,13 @@ def render_all(results_list: list[Results], out_dir: Path, html: bool = True, pn
     if html:
         written.append(atomic_write(out_dir / "report.html", html_report(results_list, images)))
     return written
+
+
+def _by_shape(res: Results) -> list[Results]:
+    """One run per (dtype, seq len) of a sweep's results, as `profile` would have saved it; other runs as they are."""
+    from roofline.sweep import split_runs
+
+    return split_runs(res) if len({(r.dtype, r.seq_len) for r in res.rows}) > 1 else [res]
 
 
 def html_report(results_list: list[Results], images: dict[str, str]) -> str:
@@ -181,6 +191,7 @@ def op_row(r: Row) -> dict[str, Any]:
     ok = r.status == "ok"
     spread = f"{fmt.seconds(r.time_p20_s)} – {fmt.seconds(r.time_p80_s)}" if ok else ""
     note = r.note if not ok else (f"throttled: {r.throttle}" if r.throttle else r.note)
+    note = f"rank {r.rank}" + (f" · {note}" if note else "") if r.rank is not None else note
     return {
         "status": r.status, "group": r.group, "group_color": plot.group_color(r.group), "bound": r.bound if ok else "",
         "pct": min(r.pct_of_roof or 0.0, 100.0) if ok else 0.0,

@@ -20,6 +20,13 @@ if "ROOFLINE_CACHE_DIR" not in os.environ:
     os.environ["ROOFLINE_CACHE_DIR"] = _cache
     atexit.register(shutil.rmtree, _cache, True)
 
+# Without a GPU our Triton kernels run under Triton's interpreter. TRITON_INTERPRET is read when a kernel is
+# decorated, so it must be set before any test module imports roofline.kernels.
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from roofline.config import BlockConfig, make_config  # noqa: E402
 from roofline.device import DeviceInfo, detect  # noqa: E402
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from roofline import plot, report, results, time_split
+from roofline import fmt, plot, report, results, time_split
 from roofline.fusion import block_time_split, summarize
 from roofline.results import Results
 
@@ -24,8 +24,9 @@ _made: list[Path] = []  # the session's CPU profile, shared with test_report_bro
 
 
 def reference_results() -> list[Path]:
-    """Committed results measured on real GPUs (e.g. reports/reference/h100/gpt-7b-s8192/results.json)."""
-    return sorted(REFERENCE_DIR.glob("**/results.json"))
+    """Committed results measured on real GPUs (e.g. reports/reference/h100/gpt-7b-s8192/results.json), the
+    top-level runs first (histories such as h100/aa-history/<commit>/… after)."""
+    return sorted(REFERENCE_DIR.glob("**/results.json"), key=lambda p: (len(p.parts), p))
 
 
 def real_results_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
@@ -175,7 +176,7 @@ def test_time_split_matches_fusion_module(loaded: list[Results]) -> None:
 def _label_shapes(fig: object) -> list[tuple[str, np.ndarray]]:
     """The four corners (display pixels) of every label on the roofline axes, leader lines left out; a rotated
     label (a memory roof's) as its rotated rectangle, not the much larger box around it."""
-    from matplotlib.text import Text
+    from matplotlib.text import Annotation, Text
 
     ax = fig.axes[0]  # type: ignore[attr-defined]
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
@@ -183,6 +184,8 @@ def _label_shapes(fig: object) -> list[tuple[str, np.ndarray]]:
     for child in ax.get_children():
         if not (isinstance(child, Text) and child.get_text() and child.get_visible()):
             continue
+        if isinstance(child, Annotation):
+            child.update_positions(renderer)  # what a draw does; Text's own extent then leaves the leader out
         angle = child.get_rotation()
         child.set_rotation(0)  # rotation_mode "anchor": the unrotated box keeps the anchor corner in place
         e = Text.get_window_extent(child, renderer)
@@ -207,11 +210,11 @@ def _overlap(a: np.ndarray, b: np.ndarray, tolerance_px: float = 1.0) -> bool:
 
 
 def test_roofline_labels_do_not_overlap(loaded: list[Results]) -> None:
-    """Every real run alone, and the first two overlaid: every op named, no label over another."""
-    for runs in [[r] for r in loaded] + ([loaded[:2]] if len(loaded) > 1 else []):
-        fig = plot.roofline_figure(runs)
-        fig.canvas.draw()
-        shapes = _label_shapes(fig)
+    """Every distinct real run alone (repeats of one configuration once), and the first two overlaid: every op
+    named, no label over another."""
+    distinct = {(fmt.describe_run(r), tuple((row.op, row.variant, row.status) for row in r.rows)): r for r in loaded}
+    for runs in [[r] for r in distinct.values()] + ([loaded[:2]] if len(loaded) > 1 else []):
+        shapes = _label_shapes(plot.roofline_figure(runs))
         labelled = " ".join(text for text, _ in shapes)
         assert all(r.op in labelled for res in runs for r in res.ok_rows())
         for i, (a_text, a) in enumerate(shapes):
@@ -258,8 +261,8 @@ def test_rows_without_a_point_are_named_under_the_plot(loaded: list[Results]) ->
     victim = rows[-1]
     victim.status, victim.note = "failed", "wrong result (test)"
     fig = plot.roofline_figure([Results(run=loaded[0].run, rows=rows)])
-    notes = [t.get_text() for t in fig.texts if t.get_text().startswith("Not shown:")]
-    assert len(notes) == 1 and f"{victim.op} ({victim.variant}) failed" in notes[0]
+    notes = [text for text, _ in _label_shapes(fig) if text.startswith("Not shown:")]
+    assert len(notes) == 1 and "1 failed: " in notes[0] and victim.op in notes[0].split("1 failed: ")[1]
 
 
 def test_render_all_refuses_a_run_with_nothing_measured(loaded: list[Results], tmp_path: Path) -> None:

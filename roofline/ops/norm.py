@@ -6,6 +6,8 @@ Each reads a [tokens, d_model] activation once and writes one back: a handful of
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -156,6 +158,9 @@ def _eager(c: BlockConfig, i: Inputs):
 
 
 def _compiled(c: BlockConfig, i: Inputs):
+    # One small graph: compile it in this process. Inductor's default pool of compile workers costs seconds
+    # to start and to shut down at exit, more than this graph takes to compile (read once, at first import).
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     fn = torch.compile(residual_dropout_norm_eager, dynamic=False)
     return lambda: fn(c, i["x"], i["residual"], i["weight"], i["bias"])
 
