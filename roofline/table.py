@@ -53,6 +53,11 @@ def summary(results: Results) -> Group:
             (f"{100 * split['compute'] / total:.0f} % compute-bound", "cyan"), ", ",
             (f"{100 * split['memory'] / total:.0f} % memory-bound", "magenta"),
             " (each op at its baseline variant × times per block)"))
+    from roofline.ops.moe import flops_per_token_line  # the op catalog imports torch: only when a table is drawn
+
+    moe_line = flops_per_token_line(results.run.get("config", {}))  # type: ignore[arg-type]
+    if moe_line:
+        parts.append(Text(moe_line))
     fusions = summarize(results)
     if fusions:
         t = Table(title="Fusion before → after", title_style="bold", header_style="bold", pad_edge=False)
