@@ -51,9 +51,24 @@ def render_all(results_list: list[Results], out_dir: Path, html: bool = True, pn
             written.append(atomic_write(out_dir / f"{name}.png", files["png"]))
         if svg:
             written.append(atomic_write(out_dir / f"{name}.svg", files["svg"]))
+    written += _counters_figure(results_list, out_dir, images)
     if html:
         written.append(atomic_write(out_dir / "report.html", html_report(results_list, images)))
     return written
+
+
+def _counters_figure(results_list: list[Results], out_dir: Path, images: dict[str, str]) -> list[Path]:
+    """The hierarchical roofline of a run measured with --counters (the first such run), embedded in the HTML."""
+    from roofline import counters_plot
+
+    counted = [res for res in results_list if any(getattr(r, "measured_kernels", None) for r in res.rows)]
+    if not counted:
+        return []
+    paths = counters_plot.render(counted[0], out_dir)
+    svg = out_dir / "counters_roofline.svg"
+    if svg.is_file():
+        images["counters"] = "data:image/svg+xml;base64," + base64.b64encode(svg.read_bytes()).decode("ascii")
+    return paths
 
 
 def _by_shape(res: Results) -> list[Results]:
@@ -88,7 +103,22 @@ def run_context(res: Results, label: str) -> dict[str, Any]:
             "ceilings": ceilings(res), "rows": [op_row(r) for r in res.rows], "fusions": fusions(res),
             "warnings": warnings(res), "command": run.get("command", ""),
             "started_at": run.get("started_at", ""),
-            "groups": {r.group: plot.group_color(r.group) for r in res.rows}}
+            "groups": {r.group: plot.group_color(r.group) for r in res.rows}, "counters": counter_rows(res)}
+
+
+def counter_rows(res: Results) -> list[dict[str, str]]:
+    """Analytic vs measured (ncu) per counted row, formatted, with the gap explained ([] without --counters)."""
+    from roofline import fmt
+    from roofline.counters import explain_gap, pct_diff
+
+    signed = lambda v: "–" if v is None else f"{v:+.0f} %"  # noqa: E731
+    return [{"name": f"{r.op} · {r.variant}", "kernels": str(r.measured_kernels),
+             "min_bytes": fmt.nbytes(r.min_bytes), "dram": fmt.nbytes(r.measured_dram_bytes),
+             "dram_diff": signed(pct_diff(r.min_bytes, r.measured_dram_bytes)),
+             "l2": fmt.nbytes(r.measured_l2_bytes), "l1": fmt.nbytes(r.measured_l1_bytes), "flops": fmt.flops(r.flops),
+             "executed": fmt.flops(r.measured_flops), "flops_diff": signed(pct_diff(r.flops, r.measured_flops)),
+             "why": explain_gap(r)}
+            for r in res.rows if getattr(r, "measured_kernels", None)]
 
 
 def summary(res: Results) -> list[str]:

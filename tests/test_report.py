@@ -332,3 +332,17 @@ def test_report_help_and_light_import() -> None:
     assert out.strip() == "False"
     code, stdout, _ = run_cli(["report", "--help"])
     assert code == 0 and "--no-html" in stdout and "RESULTS.json" in stdout
+
+
+def test_counters_section_from_the_real_h100_counters_run(tmp_path: Path) -> None:
+    """A run measured with --counters gets the hierarchical roofline and the analytic-vs-measured table."""
+    source = Path(__file__).resolve().parent.parent / "reports/reference/h100/counters/results.json"
+    if not source.is_file():
+        pytest.skip("the committed H100 counters run is not in this checkout")
+    res = results.load(source)
+    paths = report.render_all([res], tmp_path, png=False, svg=False)
+    html = (tmp_path / "report.html").read_text()
+    assert tmp_path / "counters_roofline.png" in paths
+    assert "Hardware counters" in html and "data:image/svg+xml;base64," in html
+    counted = [r for r in res.rows if r.measured_kernels]
+    assert counted and all(f"{r.op} · {r.variant}" in html for r in counted)
