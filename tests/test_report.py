@@ -25,8 +25,9 @@ _made: list[Path] = []  # the session's CPU profile, shared with test_report_bro
 
 def reference_results() -> list[Path]:
     """Committed results measured on real GPUs (e.g. reports/reference/h100/gpt-7b-s8192/results.json), the
-    top-level runs first (histories such as h100/aa-history/<commit>/… after)."""
-    return sorted(REFERENCE_DIR.glob("**/results.json"), key=lambda p: (len(p.parts), p))
+    top-level runs first (histories such as h100/aa-history/<commit>/… after), a run measured with --counters
+    (which renders a third figure, tested on its own) after the plain ones."""
+    return sorted(REFERENCE_DIR.glob("**/results.json"), key=lambda p: (len(p.parts), "counters" in p.parts, p))
 
 
 def real_results_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
