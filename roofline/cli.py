@@ -184,11 +184,9 @@ def _report_run(res, out_dir: Path, json_out: str | None, csv_out: str | None, p
 
 
 def _render_files(res, out_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    """Plots and the HTML report beside results.json, when those modules exist (a rendering error is a warning)."""
-    try:
-        from roofline import report
-    except ImportError:
-        return
+    """Plots and the HTML report beside results.json; a rendering error is a warning (the results are saved)."""
+    from roofline import report
+
     try:
         for path in report.render_all([res], out_dir):
             info(f"Wrote {path}")
@@ -265,8 +263,9 @@ def calibrate_cmd(
 ) -> None:
     """Measure this device's roofs (bandwidths, GEMM FLOP/s per dtype) once; cached per device."""
     from roofline import ceilings
+    from roofline import device as devices_mod
 
-    dev = devices_detect(device)
+    dev = devices_mod.detect(device)
     t0 = time.perf_counter()
     measured, cached = ceilings.get_ceilings(dev, force=force, warn=warn)
     info(f"{'Cached' if cached else 'Measured'} roofs of {dev.name} in {time.perf_counter() - t0:.1f} s "
@@ -280,12 +279,6 @@ def calibrate_cmd(
 
         parallel.calibrate_interconnect(dev, force=force, say=info)
     devices(device)
-
-
-def devices_detect(device: str | None):  # type: ignore[no-untyped-def]
-    from roofline import device as devices_mod
-
-    return devices_mod.detect(device)
 
 
 # Commands that live in their own modules register here (keep heavy imports inside the command functions).
