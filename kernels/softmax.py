@@ -21,6 +21,16 @@ With ``causal``, x holds attention scores [..., q_len, kv_len] and element (i, j
 j > i + (kv_len - q_len): the mask is aligned to the bottom-right corner, as in decoding where the
 q_len new queries are the last ones. A row with nothing visible (q_len > kv_len, or all -inf)
 gives zeros where torch gives NaN.
+
+Backward (autograd, when x requires grad): with y = softmax(s·x) saved from the forward (y, not x),
+
+    dx = s · y ⊙ (dy − rowsum(dy ⊙ y))
+
+masked positions hold y = 0, so dx = 0 there (a causal row reads only its visible columns). One program
+per row again, one-block and looped (pass 1: rowsum(dy ⊙ y); pass 2: re-read, write dx) paths:
+
+    reads 2·rows·n_cols elements (y, dy), writes rows·n_cols (dx): 3 elements per element
+    FLOPs 5·rows·n_cols: dy·y and its row sum (2), subtract (1), times y (1), times s (1)
 """
 
 import math
@@ -102,6 +112,48 @@ def _softmax_looped_kernel(X, Y, n_cols, q_len, causal_offset, scale_log2e,
         tl.store(Y + c, (tl.exp2(z - m) * inv_s).to(Y.dtype.element_ty), mask=c < n_cols)
 
 
+@triton.jit
+def _softmax_backward_one_block_kernel(Y, DY, DX, n_cols, q_len, causal_offset, scale,
+                                       BLOCK: tl.constexpr, CAUSAL: tl.constexpr):
+    row = tl.program_id(0)
+    offset = row.to(tl.int64) * n_cols
+    cols = tl.arange(0, BLOCK)
+    in_row = cols < n_cols
+    read = in_row & (cols < _round_up_16(_visible_cols(row, n_cols, q_len, causal_offset, CAUSAL)))
+    # read y and dy (causal: the visible columns; y = 0 past them, so dx = 0 there)
+    y = tl.load(Y + offset + cols, mask=read, other=0.0).to(tl.float32)
+    dy = tl.load(DY + offset + cols, mask=read, other=0.0).to(tl.float32)
+    dot = tl.sum(dy * y, axis=0)
+    # write n_cols elements
+    tl.store(DX + offset + cols, (scale * y * (dy - dot)).to(DX.dtype.element_ty), mask=in_row)
+
+
+@triton.jit
+def _softmax_backward_looped_kernel(Y, DY, DX, n_cols, q_len, causal_offset, scale,
+                                    BLOCK: tl.constexpr, CAUSAL: tl.constexpr):
+    row = tl.program_id(0)
+    offset = row.to(tl.int64) * n_cols
+    Y += offset
+    DY += offset
+    DX += offset
+    cols = tl.arange(0, BLOCK)
+    n_visible = _visible_cols(row, n_cols, q_len, causal_offset, CAUSAL)
+    n_read = tl.minimum(_round_up_16(n_visible), n_cols)
+    # pass 1: rowsum(dy·y) over the visible columns
+    dot = tl.full((), 0.0, tl.float32)
+    for start in tl.range(0, n_visible, BLOCK):
+        c = start + cols
+        y = tl.load(Y + c, mask=c < n_read, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        dy = tl.load(DY + c, mask=c < n_read, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        dot += tl.sum(dy * y, axis=0)
+    # pass 2: re-read (from L2, mostly) and write every column; masked blocks are written, not read
+    for start in tl.range(0, n_cols, BLOCK):
+        c = start + cols
+        y = tl.load(Y + c, mask=c < n_read, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        dy = tl.load(DY + c, mask=c < n_read, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        tl.store(DX + c, (scale * y * (dy - dot)).to(DX.dtype.element_ty), mask=c < n_cols)
+
+
 def _num_warps(block: int) -> int:
     """About 32 columns per thread: 8 warps for 8192 columns, 16 from 16384."""
     return min(max(block // 1024, 4), 16)
@@ -110,6 +162,8 @@ def _num_warps(block: int) -> int:
 def softmax(x: torch.Tensor, scale: float = 1.0, causal: bool = False, *,
             block_size: int | None = None) -> torch.Tensor:
     """Return softmax(scale·x) over the last dimension, in x's dtype (fp16, bf16 or fp32).
+
+    Differentiable: with grad enabled and x.requires_grad, the backward is a Triton kernel too.
 
     causal: x is [..., q_len, kv_len] and (i, j) is masked when j > i + kv_len - q_len.
     block_size: columns per block (a power of two); smaller than the row forces the looped path.
@@ -126,20 +180,49 @@ def softmax(x: torch.Tensor, scale: float = 1.0, causal: bool = False, *,
         raise ValueError(f"scale must be finite, got {scale}")
     if block_size is not None and (block_size < 16 or block_size & (block_size - 1)):
         raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
-    y = torch.empty_like(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Softmax.apply(x, scale, causal, block_size)
+    return _launch(x, scale, causal, block_size)
+
+
+def _launch(x: torch.Tensor, scale: float, causal: bool, block_size: int | None,
+            dy: torch.Tensor | None = None) -> torch.Tensor:
+    """Forward y = softmax(scale·x), or with dy the backward dx (x is then the saved y)."""
+    out = torch.empty_like(x)
     if x.numel() == 0:
-        return y
+        return out
     n_cols = x.shape[-1]
     n_rows = x.numel() // n_cols
     q_len = x.shape[-2] if causal else 1
-    causal_offset = n_cols - q_len
     whole_row = triton.next_power_of_2(n_cols)
     block = block_size or (whole_row if whole_row <= MAX_ONE_BLOCK_COLS else LOOP_BLOCK_COLS)
-    kernel = _softmax_one_block_kernel if block >= n_cols else _softmax_looped_kernel
+    one_block = block >= n_cols
     block = min(block, whole_row)
-    kernel[(n_rows,)](x, y, n_cols, q_len, causal_offset, scale * LOG2E,
-                      BLOCK=block, CAUSAL=causal, num_warps=_num_warps(block))
-    return y
+    if dy is None:
+        kernel = _softmax_one_block_kernel if one_block else _softmax_looped_kernel
+        args = (x, out, n_cols, q_len, n_cols - q_len, scale * LOG2E)
+    else:
+        kernel = _softmax_backward_one_block_kernel if one_block else _softmax_backward_looped_kernel
+        args = (x, dy, out, n_cols, q_len, n_cols - q_len, scale)
+    kernel[(n_rows,)](*args, BLOCK=block, CAUSAL=causal, num_warps=_num_warps(block))
+    return out
+
+
+class _Softmax(torch.autograd.Function):
+    """softmax with a Triton backward; saves the output y (what the backward reads), not x."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float, causal: bool, block_size: int | None) -> torch.Tensor:
+        y = _launch(x, scale, causal, block_size)
+        ctx.save_for_backward(y)
+        ctx.launch_args = (scale, causal, block_size)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        (y,) = ctx.saved_tensors
+        return _launch(y, *ctx.launch_args, dy=dy.contiguous()), None, None, None
 
 
 def softmax_reference(x: torch.Tensor, scale: float = 1.0, causal: bool = False) -> torch.Tensor:

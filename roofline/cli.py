@@ -75,7 +75,7 @@ def profile(
     batch: Annotated[int, typer.Option(help="Sequences per batch.")] = 1,
     dtype: Annotated[str | None, typer.Option(help="fp32|tf32|bf16|fp16 (default bf16 on GPU, fp32 on CPU).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: the GPU if any).")] = None,
-    mode: Annotated[str, typer.Option(help="prefill or decode.")] = "prefill",
+    mode: Annotated[str, typer.Option(help="prefill, decode, or train (forward + backward per op).")] = "prefill",
     kv_len: Annotated[int | None, typer.Option("--kv-len", help="KV-cache length (decode).")] = None,
     causal: Annotated[bool | None, typer.Option("--causal/--no-causal", help="Causal attention mask.")] = None,
     ops: Annotated[str | None, typer.Option(help="Only these ops, comma-separated (see `roofline ops`).")] = None,
@@ -199,6 +199,8 @@ def list_ops(
     model: Annotated[str, typer.Option(help="Model preset (decides e.g. GELU vs SwiGLU).")] = "gpt-7b",
     seq_len: Annotated[int, typer.Option("--seq-len", help="Sequence length for the example numbers.")] = 2048,
     dtype: Annotated[str, typer.Option(help="Dtype for the example bytes.")] = "bf16",
+    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel ranks: list one rank's shard of the block, "
+                                    "with its all-reduces.")] = 1,
 ) -> None:
     """The op catalog: every op, its FLOPs and bytes formulas, its variants, with numbers for one shape."""
     from rich.table import Table
@@ -207,8 +209,12 @@ def list_ops(
     from roofline.config import make_config
     from roofline.ops import ops_for
 
-    c = make_config(model, seq_len=seq_len, dtype=dtype)
-    t = Table(title=f"Op catalog · {c.name} · seq {c.seq_len} · {c.dtype}", header_style="bold", show_lines=True)
+    full = make_config(model, seq_len=seq_len, dtype=dtype)
+    c = full.shard(tp)
+    shard = (f" · TP={tp}, one rank's shard: {c.n_heads} of {full.n_heads} heads, FFN {c.ffn_dim} of {full.ffn_dim}"
+             if tp > 1 else "")
+    t = Table(title=f"Op catalog · {c.name} · seq {c.seq_len} · {c.dtype}{shard}", header_style="bold",
+              show_lines=True)
     for col in ("op", "unit", "FLOPs", "min bytes", "AI", "variants", "formulas"):
         t.add_column(col, overflow="fold")
     for op in ops_for(c):
@@ -216,8 +222,12 @@ def list_ops(
         formulas = f"{op.doc}\nFLOPs = {op.flops_formula}\nbytes = {op.bytes_formula}"
         if op.replaces:
             formulas += f"\nreplaces: {' → '.join(n for n in op.replaces)}"
+        nbytes = fmt.nbytes(op.min_bytes(c)) + (" bus" if op.unit == "comm" else "")
         t.add_row(op.name + (f" ×{op.per_block}" if op.per_block > 1 else ""), op.unit, fmt.flops(op.flops(c)),
-                  fmt.nbytes(op.min_bytes(c)), fmt.intensity(op.flops(c) / op.min_bytes(c)), variants, formulas)
+                  nbytes, fmt.intensity(op.flops(c) / op.min_bytes(c)), variants, formulas)
+    t.caption = (f"n = {tp} ranks. Shapes are one rank's; a collective's bytes are NCCL bus bytes, what each rank "
+                 "sends over its links (its roof: the interconnect's bus bandwidth)." if tp > 1 else
+                 "Collectives (the all-reduces after out_proj and ffn_down) appear with --tp N.")
     stdout.print(t)
 
 

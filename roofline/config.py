@@ -23,7 +23,7 @@ MODELS_DIR = CONFIGS_DIR / "models"
 DEFAULT_MODEL = "gpt-7b"
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
-MODES = ("prefill", "decode")
+MODES = ("prefill", "decode", "train")
 ACTIVATIONS = ("gelu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
 
@@ -33,7 +33,8 @@ class BlockConfig:
     """One decoder block and the work given to it.
 
     `q_len` is the number of new tokens per sequence (seq_len in prefill, 1 in decode) and `kv_len` the
-    number of keys each query attends to (seq_len in prefill, the KV-cache length in decode).
+    number of keys each query attends to (seq_len in prefill, the KV-cache length in decode). Train mode has
+    prefill's shapes and times each op's forward and backward.
     """
 
     name: str = DEFAULT_MODEL
@@ -154,6 +155,8 @@ def validate(c: BlockConfig) -> BlockConfig:
         raise RooflineError(f"n_heads ({c.n_heads}) must be a multiple of n_kv_heads ({c.n_kv_heads})")
     if not 0.0 <= c.dropout_p < 1.0:
         raise RooflineError(f"dropout_p must be in [0, 1), got {c.dropout_p}")
+    if c.mode == "train" and c.dtype == "fp8":
+        raise RooflineError("train mode has no fp8 path (torch._scaled_mm has no backward); use bf16 or fp16")
     if c.mode == "decode" and c.kv_cache_len <= 0:
         raise RooflineError("decode mode needs --kv-len, the KV-cache length (a positive integer)")
     if c.n_experts and not 0 < c.top_k <= c.n_experts:

@@ -36,6 +36,8 @@ class FusionResult:
     fused_peak_mem: int | None
     chain_ops: list[str]
     unfused_time_s: float | None = None  # the chain run end to end as one variant (naive / eager), if measured
+    chain_saved_bytes: int | None = None  # train mode: activation memory kept for the backward, chain vs fused
+    fused_saved_bytes: int | None = None
 
     @property
     def speedup(self) -> float:
@@ -95,6 +97,8 @@ def summarize(results: Results) -> list[FusionResult]:
         mems = [r.peak_mem_bytes for r in chain_rows]
         unfused = baseline(results, g.fused_op) if g.chain != (g.fused_op,) else None
         chain_mem = unfused.peak_mem_bytes if unfused else (None if None in mems else max(mems))  # type: ignore
+        saved = [r.saved_new_bytes for r in chain_rows]
+        chain_saved = unfused.saved_new_bytes if unfused else (None if None in saved else sum(saved))  # type: ignore
         firsts: dict[tuple[object, ...], Row] = {}
         for r in results.rows:
             if r.op == g.fused_op and r.fused and r.key[2:] == chain_rows[0].key[2:]:
@@ -108,6 +112,7 @@ def summarize(results: Results) -> list[FusionResult]:
                 chain_peak_mem=chain_mem, fused_peak_mem=fused.peak_mem_bytes,
                 chain_ops=[r.op for r in chain_rows],
                 unfused_time_s=unfused.time_median_s if unfused else None,
+                chain_saved_bytes=chain_saved, fused_saved_bytes=fused.saved_new_bytes,
             ))
     return out
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from roofline import model
+from roofline import model, train
 from roofline.config import BlockConfig
 from roofline.device import DeviceInfo, free_memory_bytes, read_clocks
 from roofline.errors import RooflineError, Unsupported
@@ -102,16 +102,23 @@ def load_roofs(info: DeviceInfo, calibrate: bool = False, warn: Callable[[str], 
 
 
 def base_row(op: Op, variant: Variant, c: BlockConfig) -> Row:
-    flops, min_bytes = op.flops(c), op.min_bytes(c)
-    return Row(op=op.name, variant=variant.name, group=op.group, fused=variant.fused, unit=op.unit, model=c.name,
+    flops, min_bytes = op.step_flops(c), op.step_bytes(c)
+    row = Row(op=op.name, variant=variant.name, group=op.group, fused=variant.fused, unit=op.unit, model=c.name,
                batch=c.batch, seq_len=c.seq_len, q_len=c.q_len, kv_len=c.kv_len, dtype=c.dtype, mode=c.mode,
                per_block=op.per_block, flops=flops, min_bytes=min_bytes,
                intensity=model.intensity(flops, min_bytes))
+    if c.mode == "train" and op.backward_flops and op.backward_bytes:
+        row.backward_flops, row.backward_min_bytes = op.backward_flops(c), op.backward_bytes(c)
+    return row
 
 
 def predicted_bytes(op: Op, variant: Variant, c: BlockConfig) -> int:
-    """Inputs + outputs + the variant's scratch, plus room for the float64 check (a generous 25 %)."""
-    return int(1.25 * (op.min_bytes(c) + variant.scratch_bytes(c)))
+    """Inputs + outputs + the variant's scratch, plus room for the float64 check (a generous 25 %).
+
+    Train mode: the backward's bytes too (the gradients), and the scratch twice (its gradient is as large).
+    """
+    scratch = variant.scratch_bytes(c) * (2 if c.mode == "train" else 1)
+    return int(1.25 * (op.step_bytes(c) + scratch))
 
 
 def measure(op: Op, variant: Variant, c: BlockConfig, info: DeviceInfo, roofs: Roofs, timer: Timer,
@@ -158,43 +165,69 @@ def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: Devi
     phases = _Phases(f"{op.name}·{variant.name}")
     gen = torch.Generator(device=device).manual_seed(settings.seed * 1000 + index)
     inputs = op.make_inputs(c, device, gen)
+    grad_names = train.require_grads(inputs) if c.mode == "train" and op.backward_flops else []
     fn = variant.build(c, inputs)
     out, row.first_call_s = timer.first_call(fn)
     phases.mark("inputs+first call")
 
     rows_gen = torch.Generator().manual_seed(settings.seed * 1000 + index)
-    primary = out[0] if isinstance(out, tuple) else out
-    n_rows = primary.shape[-2]  # type: ignore[union-attr]
+    n_rows = train.primary(out).shape[-2]
     rows = torch.randperm(n_rows, generator=rows_gen)[:CHECK_ROWS].sort().values
     check = op.check or (lambda cfg, i, o, r: default_check(op, cfg, i, o, r))
-    row.error, row.tolerance = check(c, inputs, out, rows), TOLERANCE[c.dtype]
+    with torch.no_grad():
+        row.error, row.tolerance = check(c, inputs, out, rows), TOLERANCE[c.dtype]
     if not row.error <= row.tolerance:
         raise CheckFailed(f"relative error {row.error:.2e} > tolerance {row.tolerance:.0e}")
-    del out, primary
+    if grad_names:
+        row.grad_error = train.grad_error(op, c, inputs, grad_names, out, rows, rows_gen)
+        if not row.grad_error <= row.tolerance:
+            raise CheckFailed(f"gradient relative error {row.grad_error:.2e} > tolerance {row.tolerance:.0e}")
+    del out
     phases.mark("check")
 
+    timed, backward = fn, None
+    if grad_names:
+        closures = train.closures(fn, inputs, grad_names, gen)
+        timed, backward = closures.step, closures.backward
+        row.saved_bytes, row.saved_new_bytes = closures.saved_bytes, closures.saved_new_bytes
     if info.kind == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        out = fn()
+        out = timed()
         torch.cuda.synchronize(device)
         row.peak_mem_bytes = torch.cuda.max_memory_allocated(device) - base
         del out
 
     phases.mark("peak memory")
-    timer.warm_up(fn, row.first_call_s)
+    timer.warm_up(timed, row.first_call_s)
     phases.mark("warm-up")
-    stats = timer.time(fn, settings.budget_s, settings.min_samples)
+    stats = timer.time(timed, settings.budget_s, settings.min_samples)
     phases.mark(f"timing ({stats.samples} samples)")
     row.time_median_s, row.time_p20_s, row.time_p80_s = stats.median_s, stats.p20_s, stats.p80_s
     row.samples, row.rel_err, row.stop_reason = stats.samples, stats.rel_err, stats.stop_reason
     row.time_samples_s = stats.samples_s
+    if backward is not None:
+        _time_backward(row, backward, timer, settings)
+        phases.mark(f"backward timing ({row.backward_samples} samples)")
     clocks = read_clocks(info)
     row.sm_clock_mhz, row.mem_clock_mhz = clocks.get("sm_clock_mhz"), clocks.get("mem_clock_mhz")  # type: ignore
     row.throttle = str(clocks.get("throttle", ""))
     place_row(row, roofs)
     phases.report()
+
+
+def _time_backward(row: Row, backward: Callable[[], object], timer: Timer, settings: Settings) -> None:
+    """The backward alone, replayed over one kept forward. The step is timed already: a variant whose backward
+    cannot be replayed (it frees what it saved) keeps its row, with a note instead of the backward time."""
+    try:
+        timer.warm_up(backward, 0.0)
+        stats = timer.time(backward, settings.budget_s, settings.min_samples)
+    except RuntimeError as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0][:120]
+        row.note = f"backward alone not timed: {first_line}"
+        return
+    row.backward_time_s, row.backward_samples = stats.median_s, stats.samples
 
 
 class _Phases:

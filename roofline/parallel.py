@@ -4,7 +4,8 @@ The split (Shoeybi et al. 2019, "Megatron-LM", §3): QKV and FFN-up are column-p
 its heads and its 1/N of the FFN columns), the output projection and FFN-down row-parallel (each rank's
 partial [tokens, d_model] product), and an all-reduce after each sums the partials; norms, dropout and
 residual adds are replicated. `block_forward` is that split as code (tests check it equals the unsharded
-block), BlockConfig.shard gives one rank's shapes, ops/comm.py the two all-reduces.
+block), BlockConfig.shard gives one rank's shapes, ops/comm.py the two all-reduces, and ops.plan(shard)
+the shard's ops in block order, each all-reduce after the projection it sums.
 
 Ranks are local processes started with torch elastic (`launch`, what `torchrun --standalone` does): one per
 GPU with NCCL (NVLink multicast off: NCCL_NVLS_ENABLE=0 in every rank), or N CPU processes with gloo. Each
@@ -41,7 +42,7 @@ from roofline.config import BlockConfig
 from roofline.device import DeviceInfo
 from roofline.errors import CannotRun, RooflineError
 from roofline.measure import Roofs, Settings
-from roofline.ops import CATALOG, Op, Variant, comm, plan
+from roofline.ops import comm, plan
 from roofline.ops.attention import attn_v, causal_mask, is_causal, masked_softmax, qk_t
 from roofline.ops.ffn import swiglu
 from roofline.ops.linear import out_bytes
@@ -93,19 +94,6 @@ def block_forward(x: torch.Tensor, w: dict[str, torch.Tensor], c: BlockConfig,
     x = x + all_reduce(F.linear(o.transpose(1, 2).reshape(b * s, c.attn_dim), w["out"])).view(b, s, d)
     u = F.linear(norm(x), w["up"])
     return x + all_reduce(F.linear(swiglu(u) if c.activation == "swiglu" else F.gelu(u), w["down"])).view(b, s, d)
-
-
-def tp_plan(c: BlockConfig, only: list[str] | None = None,
-            variants: list[str] | None = None) -> list[tuple[Op, Variant]]:
-    """The shard's (op, variant) pairs in block order, the all-reduces after the projections they sum."""
-    names = {op.name for op in comm.OPS}
-    block_only = [n for n in only if n not in names] if only else None
-    items = plan(c, block_only, variants) if block_only or not only else []
-    items += [(op, v) for op in comm.OPS if op.applies(c) and (not only or op.name in only)
-              for v in op.variants if not variants or v.name in variants]
-    order = {op.name: float(i) for i, op in enumerate(CATALOG)}
-    order.update({name: order[after] + 0.5 for name, after in comm.FOLLOWS.items()})
-    return sorted(items, key=lambda item: order[item[0].name])
 
 
 # --- ranks ---------------------------------------------------------------------------------------------------
@@ -226,7 +214,7 @@ def run_tp(tp: int, model: str, config: dict[str, object], device: str | None, o
         raise RooflineError(f"--tp runs one rank per GPU cuda:0..N-1: use --device cuda or cpu, not {device}")
     options = {"dtype": "bf16" if dev.kind == "cuda" else "fp32", **{k: v for k, v in config.items() if v is not None}}
     shard = make_config(model, **options).shard(tp)
-    if not tp_plan(shard, only, variants):
+    if not plan(shard, only, variants):
         raise RooflineError("nothing to measure: --ops/--variants selected no (op, variant) of this model")
     if dev.kind == "cuda" and torch.cuda.device_count() < tp:
         raise RooflineError(f"--tp {tp} needs {tp} GPUs; {torch.cuda.device_count()} visible")
@@ -262,7 +250,7 @@ def profile_rank(job: TPJob) -> None:
         res.run.update(tp=n, backend=dist.get_backend(), interconnect=link)
         plain, collective = Timer(info.torch_device, info.l2_bytes), CollectiveTimer(info.torch_device, info.l2_bytes)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = job.config.dtype == "tf32"
-        for index, (op, variant) in enumerate(tp_plan(job.config, job.only, job.variants)):
+        for index, (op, variant) in enumerate(plan(job.config, job.only, job.variants)):
             timer = collective if op.unit == "comm" else plain
             row = measure.measure(op, variant, job.config, info, roofs, timer, job.settings, index)
             row.rank = rank

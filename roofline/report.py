@@ -82,24 +82,29 @@ def html_report(results_list: list[Results], images: dict[str, str]) -> str:
     """The report as one HTML string; `images` maps figure name to a data: URI."""
     import jinja2
 
-    from roofline import plot
+    from roofline import plot, time_split
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("roofline", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     labels = plot.run_labels(results_list)
-    runs = [run_context(r, label) for r, label in zip(results_list, labels, strict=True)]
+    tables = scaling_tables(results_list)
+    runs = [run_context(r, label, bool(tables)) for r, label in zip(results_list, labels, strict=True)]
     return env.get_template("report.html.j2").render(
-        title=f"Roofline · {plot.describe_runs(results_list)}", runs=runs, images=images,
-        compute_color=plot.COMPUTE_COLOR, memory_color=plot.MEMORY_COLOR,
-        several=len(results_list) > 1)
+        title=f"Roofline · {plot.describe_runs(results_list)}", runs=runs, images=images, scaling=tables,
+        compute_color=plot.COMPUTE_COLOR, memory_color=plot.MEMORY_COLOR, comm_color=time_split.COMM_COLOR,
+        comm=any(run["split"] for run in runs), several=len(results_list) > 1)
 
 
-def run_context(res: Results, label: str) -> dict[str, Any]:
-    """Everything the template shows for one run, already formatted (the template only lays it out)."""
+def run_context(res: Results, label: str, scaled: bool = False) -> dict[str, Any]:
+    """Everything the template shows for one run, already formatted (the template only lays it out). The block's
+    compute / memory / communication split is shown for a run with collectives, and for every run of a report
+    that compares TP=1 with TP=N (`scaled`)."""
     from roofline import plot
 
     run: dict[str, Any] = res.run
+    has_comm = any(r.unit == "comm" for r in res.rows)
     return {"label": label, "title": plot.describe_run(res), "summary": summary(res), "facts": facts(run),
+            "split": block_split(res) if has_comm or scaled else [],
             "ceilings": ceilings(res), "rows": [op_row(r) for r in res.rows], "fusions": fusions(res),
             "warnings": warnings(res), "command": run.get("command", ""),
             "started_at": run.get("started_at", ""),
@@ -125,18 +130,19 @@ def summary(res: Results) -> list[str]:
     """The one-paragraph summary, as sentences: what ran, where the time goes, what fusion buys."""
     from roofline import fmt
     from roofline.fusion import summarize
-    from roofline.time_split import block_before_after
+    from roofline.time_split import block_before_after, kind_split, split_text
+    from roofline.tp_scaling import ranks
 
     run: dict[str, Any] = res.run
-    c, device = run.get("config", {}), run.get("device", {})
+    c, device, n = run.get("config", {}), run.get("device", {}), ranks(res)
     before, after = block_before_after(res)
     total = sum(o.time_s for o in before)
-    sentences = [f"{device.get('name', '?')} ran one {c.get('name')} block ({c.get('mode')}, batch {c.get('batch')},"
-                 f" seq len {c.get('seq_len')}, {c.get('dtype')})."]
+    shape = f"{c.get('mode')}, batch {c.get('batch')}, seq len {c.get('seq_len')}, {c.get('dtype')}"
+    sentences = [f"{device.get('name', '?')} ran one {c.get('name')} block ({shape})." if n == 1 else
+                 f"{n} × {device.get('name', '?')} ran one {c.get('name')} block ({shape}) with {n}-way tensor "
+                 f"parallelism, each rank its 1/{n} shard; an op's time is its slowest rank's."]
     if total > 0:
-        compute = sum(o.time_s for o in before if o.bound == "compute")
-        sentences.append(f"Unfused it takes {fmt.seconds(total)}: {100 * compute / total:.0f} % of the time in "
-                         f"compute-bound ops, {100 * (total - compute) / total:.0f} % in memory-bound ops.")
+        sentences.append(f"Unfused it takes {fmt.seconds(total)}: {split_text(kind_split(before))}.")
     found = summarize(res)
     if found:
         best = max(found, key=lambda f: f.speedup)
@@ -152,6 +158,46 @@ def summary(res: Results) -> list[str]:
     counts = {s: sum(r.status == s for r in res.rows) for s in ("ok", "skipped", "failed")}
     sentences.append(f"{counts['ok']} variants measured, {counts['skipped']} skipped, {counts['failed']} failed.")
     return sentences
+
+
+def block_split(res: Results) -> list[dict[str, Any]]:
+    """The block before fusion (each op at its baseline variant: what `profile --tp` and `tp-scaling` print) and
+    after (each chain at its fastest fused variant), split into compute-bound, memory-bound and communication."""
+    from roofline import fmt
+    from roofline.time_split import KIND_NAMES, block_before_after, kind_split
+
+    out = []
+    for name, how, ops in zip(("before fusion", "after fusion"),
+                              ("each op at its baseline variant", "each fusion chain at its fastest fused variant"),
+                              block_before_after(res), strict=True):
+        split = kind_split(ops)
+        total = sum(split.values())
+        if total > 0:
+            out.append({"name": name, "how": how, "total": fmt.seconds(total), "parts": [
+                {"kind": kind, "name": KIND_NAMES[kind], "time": fmt.seconds(seconds) if seconds else "0",
+                 "pct": 100 * seconds / total}
+                for kind, seconds in split.items()]})
+    return out
+
+
+def scaling_tables(results_list: list[Results]) -> list[dict[str, Any]]:
+    """tp_scaling.scaling of each TP=N run against its TP=1 run, one table per TP=1 run: a row per (op, variant)
+    and the unfused block, a column group per TP=N run ([] unless a TP=1 and a TP=N run of one block are given)."""
+    from roofline import fmt
+    from roofline.tp_scaling import ranks, scaling_runs
+
+    tables: dict[int, dict[str, Any]] = {}
+    for base, tp_res, found in scaling_runs(results_list):
+        table = tables.setdefault(id(base), {"tps": [], "rows": {}})
+        table["tps"].append(ranks(tp_res))
+        column = len(table["tps"]) - 1
+        for s in found:
+            row = table["rows"].setdefault((s.op, s.variant), {
+                "op": s.op, "variant": s.variant, "block": s.op == "block", "base": fmt.seconds(s.base_s), "cells": {}})
+            row["cells"][column] = {"time": fmt.seconds(s.tp_s), "speedup": fmt.ratio(s.base_s / s.tp_s),
+                                    "efficiency": fmt.pct(100 * s.efficiency), "pct": min(100 * s.efficiency, 100.0)}
+    return [{"tps": t["tps"], "rows": [{**row, "cells": [row["cells"].get(k) for k in range(len(t["tps"]))]}
+                                       for row in t["rows"].values()]} for t in tables.values()]
 
 
 def facts(run: dict[str, Any]) -> list[tuple[str, str]]:

@@ -78,6 +78,14 @@ class Row:
     measured_flops: float | None = None  # CUDA-core (FMA = 2) + tensor-core FLOPs executed
     measured_tensor_flops: float | None = None
     measured_kernels: int | None = None  # kernels the op launched
+    # Train mode (train.py): time_* above time the whole step (forward + backward); flops and min_bytes count both.
+    backward_flops: float | None = None
+    backward_min_bytes: float | None = None
+    backward_time_s: float | None = None  # median of the backward alone, over a kept forward's graph
+    backward_samples: int = 0
+    grad_error: float | None = None  # largest relative error of the input gradients vs the float64 reference
+    saved_bytes: int | None = None  # tensors autograd keeps for the backward (one count per storage)
+    saved_new_bytes: int | None = None  # of which not the op's inputs: the activation memory the op adds
     rank: int | None = None  # `profile --tp N`: the rank that measured the row; None for one device or the max
 
     @property

@@ -14,17 +14,37 @@ BOUND_STYLE = {"compute": "cyan", "memory": "magenta"}
 STATUS_STYLE = {"failed": "bold red", "skipped": "yellow"}
 
 
+TRAIN_COLUMNS = [("bwd", "right"), ("saved", "right")]
+
+
+def is_train(results: Results) -> bool:
+    return any(r.mode == "train" for r in results.rows)
+
+
 def ops_table(results: Results) -> Table:
+    """One row per variant. Train mode: FLOPs, bytes and time are the forward + backward step; `bwd` is the
+    backward alone and `saved` the activation memory the op adds (kept by autograd for the backward)."""
+    train = is_train(results)
     t = Table(title=fmt.describe_run(results), title_style="bold", header_style="bold", pad_edge=False)
-    for name, justify in [("op", "left"), ("variant", "left"), ("FLOPs", "right"), ("bytes", "right"),
-                          ("AI", "right"), ("time", "right"), ("FLOP/s", "right"), ("B/s", "right"),
-                          ("bound", "left"), ("% roof", "right"), ("peak mem", "right"), ("note", "left")]:
+    columns = [("op", "left"), ("variant", "left"), ("FLOPs", "right"), ("bytes", "right"), ("AI", "right"),
+               ("time", "right"), *(TRAIN_COLUMNS if train else []), ("FLOP/s", "right"), ("B/s", "right"),
+               ("bound", "left"), ("% roof", "right"), ("peak mem", "right"), ("note", "left")]
+    for name, justify in columns:
         t.add_column(name, justify=justify, no_wrap=name != "note")
     previous_op = None
     for r in results.rows:
-        t.add_row(*_cells(r, show_op=r.op != previous_op))
+        cells = _cells(r, show_op=r.op != previous_op)
+        if train:
+            cells[6:6] = _train_cells(r)
+        t.add_row(*cells)
         previous_op = r.op
     return t
+
+
+def _train_cells(r: Row) -> list[str]:
+    if r.status != "ok":
+        return ["", ""]
+    return [fmt.seconds(r.backward_time_s), fmt.nbytes(r.saved_new_bytes)]
 
 
 def _cells(r: Row, show_op: bool) -> list[Text | str]:
@@ -60,15 +80,18 @@ def summary(results: Results) -> Group:
         parts.append(Text(moe_line))
     fusions = summarize(results)
     if fusions:
-        t = Table(title="Fusion before → after", title_style="bold", header_style="bold", pad_edge=False)
+        train = is_train(results)
+        t = Table(title="Fusion before → after" + (" (forward + backward)" if train else ""), title_style="bold",
+                  header_style="bold", pad_edge=False)
         for name in ("group", "fused variant", "before", "after", "speedup", "bytes before", "bytes after",
-                     "peak mem before", "peak mem after"):
+                     "peak mem before", "peak mem after", *(("saved before", "saved after") if train else ())):
             t.add_column(name, justify="left" if name in ("group", "fused variant") else "right")
         for f in fusions:
+            saved = (fmt.nbytes(f.chain_saved_bytes), fmt.nbytes(f.fused_saved_bytes)) if train else ()
             t.add_row(f.group, f.fused_variant, fmt.seconds(f.chain_time_s), fmt.seconds(f.fused_time_s),
                       Text(fmt.ratio(f.speedup), style="green" if f.speedup >= 1 else "red"),
                       fmt.nbytes(f.chain_bytes), fmt.nbytes(f.fused_bytes), fmt.nbytes(f.chain_peak_mem),
-                      fmt.nbytes(f.fused_peak_mem))
+                      fmt.nbytes(f.fused_peak_mem), *saved)
         parts.append(t)
     counts = {s: sum(r.status == s for r in results.rows) for s in ("ok", "skipped", "failed")}
     parts.append(Text(f"{counts['ok']} measured, {counts['skipped']} skipped, {counts['failed']} failed"))

@@ -8,7 +8,8 @@ block), never measures. Per op and for the unfused block:
 1 is linear scaling; a replicated op (norms, residual adds) scores 1/N, and the block's efficiency also pays
 for the all-reduces, which exist only at TP > 1. A TP run's rows are read at their max over ranks (the first
 row of each op, parallel.merge), since a TP step waits for its slowest rank. `block_split` also splits a block
-into compute-bound, memory-bound and communication time.
+into compute-bound, memory-bound and communication time (time_split.kind_split). `roofline report` shows the
+same scaling when given a TP=1 results file beside TP=N ones (`scaling_runs`).
 """
 
 from __future__ import annotations
@@ -25,27 +26,28 @@ from roofline.results import Results
 
 
 def block_split(res: Results) -> dict[str, float]:
-    """Seconds per unfused block in compute-bound, memory-bound and communication ops (each op's first row: in a
-    TP run, the max over ranks)."""
-    from roofline.fusion import unfused_block
+    """Seconds per unfused block in compute-bound, memory-bound and communication ops: time_split's unfused block
+    (each op's baseline row; in a TP run the max over ranks), summed by kind."""
+    from roofline.time_split import block_before_after, kind_split
 
-    split = {"compute": 0.0, "memory": 0.0, "comm": 0.0}
-    for row in unfused_block(res):
-        kind = "comm" if row.unit == "comm" else row.bound
-        if kind in split:
-            split[kind] += (row.time_median_s or 0.0) * row.per_block
-    return split
+    return kind_split(block_before_after(res)[0])
 
 
 def split_line(res: Results) -> str:
+    from roofline.time_split import split_text
+
     split = block_split(res)
     total = sum(split.values())
     if not total:
         return ""
-    pct = {k: f"{100 * v / total:.0f} %" for k, v in split.items()}
-    n = res.run.get("tp", 1)
-    return (f"TP={n} block{' (slowest rank per op)' if n != 1 else ''}: {fmt.seconds(total)}, {pct['compute']} "
-            f"compute-bound, {pct['memory']} memory-bound, {pct['comm']} communication")
+    n = ranks(res)
+    return (f"TP={n} block{' (slowest rank per op)' if n != 1 else ''}: {fmt.seconds(total)}, "
+            f"{split_text(split, comm=True)}")
+
+
+def ranks(res: Results) -> int:
+    """N of a `profile --tp N` run; 1 for a run on one device."""
+    return int(res.run.get("tp") or 1)  # type: ignore[call-overload]
 
 
 @dataclass
@@ -65,13 +67,18 @@ class Scaling:
 SAME_CONFIG = ("name", "d_model", "head_dim", "batch", "seq_len", "kv_cache_len", "dtype", "mode", "activation")
 
 
+def differing(a: Results, b: Results) -> list[str]:
+    """The block fields (SAME_CONFIG) in which two runs differ: none, or they did not profile one block."""
+    ca, cb = a.run.get("config", {}), b.run.get("config", {})
+    return [k for k in SAME_CONFIG if ca.get(k) != cb.get(k)]  # type: ignore[union-attr]
+
+
 def scaling(base: Results, tp_res: Results) -> list[Scaling]:
     """Per (op, variant) measured in both runs, then the unfused block ('block', all ops × times per block)."""
-    n = int(tp_res.run.get("tp", 1))  # type: ignore[call-overload]
-    if n <= 1 or int(base.run.get("tp", 1)) != 1:  # type: ignore[call-overload]
+    n = ranks(tp_res)
+    if n <= 1 or ranks(base) != 1:
         raise RooflineError("tp-scaling wants a TP=1 results file, then a `profile --tp N` one")
-    a, b = base.run.get("config", {}), tp_res.run.get("config", {})
-    differ = [k for k in SAME_CONFIG if a.get(k) != b.get(k)]  # type: ignore[union-attr]
+    differ = differing(base, tp_res)
     if differ:
         raise RooflineError(f"the two runs profiled different blocks ({', '.join(differ)} differ)")
     out = []
@@ -82,6 +89,21 @@ def scaling(base: Results, tp_res: Results) -> list[Scaling]:
     t1, tn = sum(block_split(base).values()), sum(block_split(tp_res).values())
     if t1 and tn:
         out.append(Scaling("block", "", t1, tn, n))
+    return out
+
+
+def scaling_runs(results_list: list[Results]) -> list[tuple[Results, Results, list[Scaling]]]:
+    """(TP=1 run, TP=N run, scaling) for each TP=N run of `results_list` (N > 1) and the first TP=1 run of the same
+    block on the same device: what `roofline report tp1/results.json tp2/results.json …` shows. A TP=N run without
+    such a partner is left out (the report pairs runs by itself, so only what `tp-scaling` would accept)."""
+    device = lambda r: r.run.get("device", {}).get("name")  # type: ignore[union-attr]  # noqa: E731
+    bases = [r for r in results_list if ranks(r) == 1]
+    out = []
+    for res in results_list:
+        partners = (b for b in bases if not differing(b, res) and device(b) == device(res))
+        base = next(partners, None) if ranks(res) > 1 else None
+        if base is not None:
+            out.append((base, res, scaling(base, res)))
     return out
 
 

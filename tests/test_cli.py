@@ -42,7 +42,7 @@ BAD_INPUT = {
     "batch -1": (["--batch", "-1"], "batch"),
     "unknown model": (["--model", "nope"], "nope"),
     "unknown dtype": (["--dtype", "fp7"], "fp7"),
-    "unknown mode": (["--mode", "train"], "train"),
+    "unknown mode": (["--mode", "finetune"], "finetune"),
     "decode without kv-len": (["--mode", "decode"], "kv-len"),
     "cuda without a GPU": pytest.param(["--device", "cuda"], "cuda", marks=NO_GPU),
     "unknown device": (["--device", "tpu"], "tpu"),

@@ -1,27 +1,31 @@
 """Tensor parallelism on the CPU: gloo, 2 processes, small sizes.
 
-Sharded shapes and formulas; the sharded block (column-parallel QKV and FFN-up, row-parallel output and
-FFN-down projections, each followed by an all-reduce) equals the whole block; merged results; `profile --tp 2`
-end to end; the interconnect calibration; `tp-scaling`; bad --tp is one line and exit 2.
+Sharded shapes and formulas; the plan and `roofline ops --tp N` of a shard, all-reduces included; the sharded
+block (column-parallel QKV and FFN-up, row-parallel output and FFN-down projections, each followed by an
+all-reduce) equals the whole block; merged results; `profile --tp 2` end to end; the interconnect calibration;
+`tp-scaling`; bad --tp is one line and exit 2; the HTML report of the committed 4×H200 runs (the block's
+compute / memory / communication split, and the scaling efficiency when TP=1 is given with TP=N).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+from test_report import REFERENCE_DIR, _parse
 
-from roofline import parallel, results
+from roofline import fmt, parallel, report, results
 from roofline.cli import main
 from roofline.config import make_config
 from roofline.errors import CannotRun, RooflineError
-from roofline.ops import comm, get_op, ops_for
+from roofline.ops import comm, get_op, ops_for, plan
 from roofline.results import Results, Row
-from roofline.tp_scaling import block_split, scaling
+from roofline.tp_scaling import block_split, scaling, split_line
 
 # The issue's small block: d_model 64, 4 heads (2 KV heads here), FFN 128; written as a model .toml for the CLI.
 TINY = {"name": "tiny", "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16, "ffn_dim": 128}
@@ -67,15 +71,56 @@ def test_comm_formulas_follow_nccl_tests() -> None:
     assert not any(op.applies(make_config("gpt-7b")) for op in comm.OPS)
 
 
-def test_tp_plan_puts_the_all_reduces_after_their_projections() -> None:
-    names = [op.name for op, _ in parallel.tp_plan(make_config("gpt-7b").shard(2))]
+def test_plan_of_a_shard_puts_the_all_reduces_after_their_projections() -> None:
+    """One plan for one device and for a shard: ops.plan adds the collectives only when config.tp > 1."""
+    names = [op.name for op, _ in plan(make_config("gpt-7b").shard(2))]
     assert names[names.index("out_proj") + 1] == "allreduce_out_proj"
     assert names[-1] == "allreduce_ffn_down" and names[-2] == "ffn_down"
-    assert [op.name for op, _ in parallel.tp_plan(make_config("mixtral-8x7b").shard(2))][-1] == "allreduce_ffn_down"
-    only = parallel.tp_plan(make_config("gpt-7b").shard(2), ["allreduce_ffn_down", "gelu"])
+    assert [op.name for op, _ in plan(make_config("mixtral-8x7b").shard(2))][-2:] == ["moe_experts",
+                                                                                      "allreduce_ffn_down"]
+    only = plan(make_config("gpt-7b").shard(2), ["allreduce_ffn_down", "gelu"])
     assert [op.name for op, _ in only] == ["gelu", "allreduce_ffn_down"]
-    assert {op.name for op, _ in parallel.tp_plan(make_config("gpt-7b"))} == {op.name for op in ops_for(
-        make_config("gpt-7b"))}
+    assert not {op.unit for op, _ in plan(make_config("gpt-7b"))} & {"comm"}
+    assert [op.name for op in ops_for(make_config("gpt-7b").shard(2)) if op.unit != "comm"] == [
+        op.name for op in ops_for(make_config("gpt-7b"))]
+    assert not plan(make_config("gpt-7b"), ["allreduce_out_proj"])  # known, but a single device has no all-reduce
+
+
+def _ops_table(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str], str]:
+    """(exit code, op names in listed order, whole output) of `roofline ops ARGS`."""
+    code = main(["ops", *args])
+    out = capsys.readouterr().out
+    return code, re.findall(r"^│ (\w+)", out, flags=re.MULTILINE), " ".join(out.split())
+
+
+def test_ops_with_tp_lists_the_shard_and_its_all_reduces(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "220")
+    code, names, out = _ops_table(capsys, "--tp", "2", "--seq-len", "2048", "--dtype", "bf16")
+    assert code == 0
+    assert names == [op.name for op in ops_for(make_config("gpt-7b", seq_len=2048).shard(2))]
+    assert names[names.index("out_proj") + 1] == "allreduce_out_proj" and names[-1] == "allreduce_ffn_down"
+    bus = 2 * (2 - 1) * 2048 * 4096 * 2 // 2  # 2·(n−1)/n·T·d_model·bytes, n = 2, bf16
+    adds = (2 - 1) * 2048 * 4096 // 2
+    for name in ("allreduce_out_proj", "allreduce_ffn_down"):
+        row = re.search(rf"│ {name} │ comm │ ([^│]+) │ ([^│]+) │", out)
+        assert row and row.groups() == (fmt.flops(adds), fmt.nbytes(bus) + " bus"), name
+    assert "16 of 32 heads" in out and "2·(n−1)/n·T·d_model·bytes" in out and "NCCL bus bytes" in out
+    qkv = re.search(r"│ qkv_proj │ tensor │ ([^│]+) │", out)
+    assert qkv and qkv.group(1).strip() == fmt.flops(2 * 2048 * 4096 * 3 * 4096 // 2)  # half the heads per rank
+
+    code, names, out = _ops_table(capsys)
+    assert code == 0 and not [n for n in names if n.startswith("allreduce")]
+    assert "Collectives" in out and "--tp N" in out
+
+
+@pytest.mark.parametrize(("tp", "needle"), [("3", "must divide n_heads (32)"), ("0", "positive integer"),
+                                            ("-2", "positive integer")])
+def test_ops_with_a_bad_tp_is_one_line_and_exit_2(capsys, tp: str, needle: str) -> None:
+    code = main(["ops", "--tp", tp])
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in out + err, err
+    assert lines[0].startswith("roofline: error:") and needle in lines[0]
 
 
 @pytest.mark.parametrize("tp", [3, 0, -2])
@@ -217,3 +262,87 @@ def test_tp_scaling_command(capsys, tiny_runs: tuple[Path, Path], monkeypatch: p
     out = capsys.readouterr().out
     assert "TP=1 → TP=2" in out and "block" in out and "communication" in out
     assert main(["tp-scaling", str(tiny_runs[1]), str(tiny_runs[1] / "nope.json")]) == 2
+
+
+# --- the report of the committed 4×H200 runs (TP=1, 2, 4 of one gpt-7b block) ----------------------------
+
+H200X4 = REFERENCE_DIR / "h200x4"
+
+
+@pytest.fixture(scope="module")
+def tp_runs() -> dict[int, Results]:
+    paths = {n: H200X4 / f"gpt-7b-s8192-tp{n}" / "results.json" for n in (1, 2, 4)}
+    if not all(p.is_file() for p in paths.values()):
+        pytest.skip("the committed 4×H200 TP runs are not in this checkout")
+    return {n: results.load(p) for n, p in paths.items()}
+
+
+def _printed(name: str, prefix: str) -> str:
+    """The line starting with `prefix` that the tool printed when it measured the run (committed stdout)."""
+    lines = (H200X4 / name).read_text().splitlines()
+    return next(line.strip() for line in lines if line.strip().startswith(prefix))
+
+
+def test_tp_block_split_sums_to_the_block_total(tp_runs: dict[int, Results]) -> None:
+    """Compute-bound + memory-bound + communication = the block; communication = the two all-reduces at their
+    slowest rank; before fusion, the same split `profile --tp` printed when the run was measured."""
+    for n, res in tp_runs.items():
+        slowest = {}
+        for r in res.rows:  # each op's first row: the max over ranks
+            slowest.setdefault(r.op, r)
+        chains = ("attention", "residual_dropout_norm")  # stand for qk_t → softmax → attn_v, dropout → add → norm
+        plain = [r for op, r in slowest.items() if op not in chains]
+        total = sum(r.time_median_s * r.per_block for r in plain)
+        comm_s = sum(r.time_median_s for r in plain if r.op.startswith("allreduce"))
+        compute = sum(r.time_median_s * r.per_block for r in plain if r.bound == "compute")
+        before, after = report.block_split(res)
+        assert before["total"] == fmt.seconds(total) and [p["kind"] for p in before["parts"]] == [
+            "compute", "memory", "comm"]
+        assert [p["time"] for p in before["parts"]] == [fmt.seconds(compute), fmt.seconds(total - compute - comm_s),
+                                                        fmt.seconds(comm_s) if n > 1 else "0"]
+        for block in (before, after):
+            assert sum(p["pct"] for p in block["parts"]) == pytest.approx(100.0)
+        assert after["parts"][2]["time"] == before["parts"][2]["time"]  # fusion leaves the all-reduces alone
+        assert (n > 1) == (comm_s > 0)
+        if n > 1:
+            line = _printed(f"profile-tp{n}.stdout.txt", f"TP={n} block")
+            assert split_line(res) == line and line.startswith(f"TP={n} block (slowest rank per op): {before['total']}")
+            shares = line.split(": ", 1)[1].split(", ", 1)[1]  # '26 % compute-bound, 67 % memory-bound, 7 % comm…'
+            html = report.html_report([res], {"roofline": "data:image/svg+xml;base64,", "time_split": ""})
+            assert f"Unfused it takes {before['total']}: {shares}." in " ".join(html.split())
+            rows = [cells for cells in _parse(html, "split").op_rows if cells]
+            assert [" ".join(c.split()) for c in rows[0][:5]] == [
+                "before fusion (each op at its baseline variant)", before["total"],
+                *(f"{p['time']} · {p['pct']:.0f} %" for p in before["parts"])]
+
+
+def test_report_of_tp1_with_tp_n_shows_the_scaling_efficiency(tp_runs: dict[int, Results], tmp_path: Path) -> None:
+    """`roofline report tp1 tp2 tp4`: one row per (op, variant) and the block, each TP=N's efficiency
+    time(TP=1) / (N·time(TP=N)) as tp_scaling computes it, and the block's as `tp-scaling` printed it."""
+    files = [str(H200X4 / f"gpt-7b-s8192-tp{n}" / "results.json") for n in (1, 2, 4)]
+    assert main(["report", *files, "--no-png", "--no-svg", "--out", str(tmp_path)]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert 'href="#scaling"' in html and html.count('class="table-wrap split"') == 3  # every run's split
+    table = {(cells[0], cells[1]): cells[2:] for cells in _parse(html, "scaling").op_rows if cells}
+    for k, n in enumerate((2, 4)):
+        found = scaling(tp_runs[1], tp_runs[n])
+        assert {(s.op, s.variant) for s in found} <= set(table) and ("block", "") in table
+        for s in found:
+            base, *groups = table[s.op, s.variant]
+            assert base == fmt.seconds(s.base_s)
+            assert groups[3 * k: 3 * k + 3] == [fmt.seconds(s.tp_s), fmt.ratio(s.base_s / s.tp_s),
+                                                fmt.pct(100 * s.base_s / (n * s.tp_s))]
+        printed = _printed(f"scaling-tp{n}.stdout.txt", "│block").split("│")
+        assert [c.strip() for c in printed[3:7]] == [table["block", ""][0], *table["block", ""][1 + 3 * k:4 + 3 * k]]
+
+
+def test_scaling_needs_a_tp1_run_of_the_same_block(tp_runs: dict[int, Results]) -> None:
+    """No TP=1 run, or a TP=1 run of another block: no scaling section (and no error: the runs still overlay)."""
+    images = {"roofline": "", "time_split": ""}
+    assert report.scaling_tables([tp_runs[2], tp_runs[4]]) == []
+    assert 'id="scaling"' not in report.html_report([tp_runs[2], tp_runs[4]], images)
+    other = Results(run={**tp_runs[1].run, "config": {**tp_runs[1].run["config"], "seq_len": 4096}},
+                    rows=tp_runs[1].rows)
+    assert report.scaling_tables([other, tp_runs[2]]) == []
+    assert [t["tps"] for t in report.scaling_tables([tp_runs[4], tp_runs[1], tp_runs[2]])] == [[4, 2]]
+    assert report.run_context(tp_runs[1], "TP=1")["split"] == []  # one device alone: the summary says it

@@ -88,10 +88,11 @@ def test_svg_parses(rendered: tuple[Path, list[Path]], name: str) -> None:
 
 
 class _Collector(HTMLParser):
-    """Every tag's attributes, and the cell texts of each row of the ops table."""
+    """Every tag's attributes, and the cell texts of each row of the tables of one class (the ops table)."""
 
-    def __init__(self) -> None:
+    def __init__(self, table: str = "ops") -> None:
         super().__init__()
+        self.table = table
         self.attrs: list[tuple[str, dict[str, str]]] = []
         self.op_rows: list[list[str]] = []
         self.styles: list[str] = []
@@ -101,7 +102,7 @@ class _Collector(HTMLParser):
         a = {k: v or "" for k, v in attrs}
         self.attrs.append((tag, a))
         if tag == "table":
-            self._in_ops = "ops" in a.get("class", "").split()
+            self._in_ops = self.table in a.get("class", "").split()
         elif tag == "tr" and self._in_ops:
             self.op_rows.append([])
         elif tag == "td" and self._in_ops:
@@ -124,8 +125,8 @@ class _Collector(HTMLParser):
             self.styles.append(data)
 
 
-def _parse(html: str) -> _Collector:
-    collector = _Collector()
+def _parse(html: str, table: str = "ops") -> _Collector:
+    collector = _Collector(table)
     collector.feed(html)
     return collector
 
@@ -347,3 +348,4 @@ def test_counters_section_from_the_real_h100_counters_run(tmp_path: Path) -> Non
     assert "Hardware counters" in html and "data:image/svg+xml;base64," in html
     counted = [r for r in res.rows if r.measured_kernels]
     assert counted and all(f"{r.op} · {r.variant}" in html for r in counted)
+

@@ -1,22 +1,30 @@
-"""The op catalog: every op of the block in block order, each declared once in its family's module."""
+"""The op catalog: every op of the block in block order, each declared once in its family's module.
+
+One list gives the block order, the collectives of a tensor-parallel block (ops/comm.py) included, after the
+projections whose partial sums they add. `ops_for(config)` is the ops of one config: a collective applies only
+to a shard (config.tp > 1), so `profile`, `profile --tp N` and `roofline ops [--tp N]` all read this one place.
+"""
 
 from __future__ import annotations
 
 from roofline.config import BlockConfig
 from roofline.errors import RooflineError
-from roofline.ops import attention, ffn, moe, norm
+from roofline.ops import attention, comm, ffn, moe, norm
 from roofline.ops.base import Op, Variant
 
-_BY_NAME = {op.name: op for op in (*norm.OPS, *attention.OPS, *ffn.OPS, *moe.OPS)}
+_BY_NAME = {op.name: op for op in (*norm.OPS, *attention.OPS, *ffn.OPS, *moe.OPS, *comm.OPS)}
 
-# Block order: norm → QKV → attention core → out proj → dropout/residual (+ fused) → FFN (dense, or MoE router
-# and experts).
-CATALOG: tuple[Op, ...] = tuple(_BY_NAME[name] for name in (
-    "layernorm", "rmsnorm", "qkv_proj", "qk_t", "softmax", "attn_v", "attention", "out_proj",
+# Block order: norm → QKV → attention core → out proj (→ its all-reduce) → dropout/residual (+ fused) → FFN
+# (dense, or MoE router and experts) → FFN-down's all-reduce.
+BLOCK_ORDER: tuple[Op, ...] = tuple(_BY_NAME[name] for name in (
+    "layernorm", "rmsnorm", "qkv_proj", "qk_t", "softmax", "attn_v", "attention", "out_proj", "allreduce_out_proj",
     "dropout", "residual_add", "residual_dropout_norm", "ffn_up", "gelu", "swiglu", "ffn_down",
-    "moe_router", "moe_experts",
+    "moe_router", "moe_experts", "allreduce_ffn_down",
 ))
-assert len(CATALOG) == len(_BY_NAME), "every declared op must have a place in the block order"
+assert len(BLOCK_ORDER) == len(_BY_NAME), "every declared op must have a place in the block order"
+
+# The ops one device runs, in block order; the collectives join them in ops_for when config.tp > 1.
+CATALOG: tuple[Op, ...] = tuple(op for op in BLOCK_ORDER if op.unit != "comm")
 
 
 def get_op(name: str) -> Op:
@@ -27,8 +35,9 @@ def get_op(name: str) -> Op:
 
 
 def ops_for(config: BlockConfig) -> list[Op]:
-    """The ops of this model's block, in block order (GELU or SwiGLU, LayerNorm or RMSNorm…)."""
-    return [op for op in CATALOG if op.applies(config)]
+    """The ops of this config's block, in block order (GELU or SwiGLU, LayerNorm or RMSNorm…; the all-reduces
+    of a tensor-parallel shard)."""
+    return [op for op in BLOCK_ORDER if op.applies(config)]
 
 
 def plan(config: BlockConfig, only: list[str] | None = None,
@@ -38,7 +47,7 @@ def plan(config: BlockConfig, only: list[str] | None = None,
         for name in only:
             get_op(name)
     if variants:
-        known = {v.name for op in CATALOG for v in op.variants}
+        known = {v.name for op in BLOCK_ORDER for v in op.variants}
         for name in variants:
             if name not in known:
                 raise RooflineError(f"unknown variant '{name}' (known: {', '.join(sorted(known))})")
@@ -46,4 +55,4 @@ def plan(config: BlockConfig, only: list[str] | None = None,
             for v in op.variants if not variants or v.name in variants]
 
 
-__all__ = ["CATALOG", "Op", "Variant", "get_op", "ops_for", "plan"]
+__all__ = ["BLOCK_ORDER", "CATALOG", "Op", "Variant", "get_op", "ops_for", "plan"]

@@ -118,6 +118,10 @@ QK_T = Op(
     flops_formula="2·b·h·q·kv·head_dim  (the scale rides in the GEMM's alpha; a causal mask saves nothing here)",
     bytes_formula="(b·h·q·hd + b·kv_h·kv·hd + b·h·q·kv)·bytes  (read Q, K; write the N×N scores)",
     doc="Scaled attention scores S = Q·Kᵀ/√d: materialises the [b, h, q, kv] matrix.",
+    backward_flops=lambda c: 4 * _scores_numel(c) * c.head_dim,
+    backward_bytes=lambda c: (_scores_numel(c) + 2 * _q_numel(c) + 2 * _kv_numel(c)) * c.dtype_bytes,
+    backward_flops_formula="4·b·h·q·kv·head_dim  (dQ = dS·K/√d, dK = dSᵀ·Q/√d)",
+    backward_bytes_formula="(b·h·q·kv + 2·b·h·q·hd + 2·b·kv_h·kv·hd)·bytes  (read dS, Q, K; write dQ, dK)",
 )
 
 
@@ -151,6 +155,10 @@ SOFTMAX = Op(
     flops_formula="5·b·h·q·kv  (max, subtract, exp, sum, divide per element)",
     bytes_formula="2·b·h·q·kv·bytes  (read the scores, write the probabilities; a causal mask is computed)",
     doc="Row softmax of the scores (causal-masked when the model is causal).",
+    backward_flops=lambda c: 4 * _scores_numel(c),
+    backward_bytes=lambda c: 3 * _scores_numel(c) * c.dtype_bytes,
+    backward_flops_formula="4·b·h·q·kv  (dx = y·(dy − Σ dy·y): multiply, sum, subtract, multiply per element)",
+    backward_bytes_formula="3·b·h·q·kv·bytes  (read y and dy, write dx: y is saved, x is not needed)",
 )
 
 
@@ -170,6 +178,10 @@ ATTN_V = Op(
     flops_formula="2·b·h·q·kv·head_dim",
     bytes_formula="(b·h·q·kv + b·kv_h·kv·hd + b·h·q·hd)·bytes  (read P and V, write O)",
     doc="O = P·V: reads the N×N probabilities back from HBM.",
+    backward_flops=lambda c: 4 * _scores_numel(c) * c.head_dim,
+    backward_bytes=lambda c: (2 * _scores_numel(c) + _q_numel(c) + 2 * _kv_numel(c)) * c.dtype_bytes,
+    backward_flops_formula="4·b·h·q·kv·head_dim  (dP = dO·Vᵀ, dV = Pᵀ·dO)",
+    backward_bytes_formula="(2·b·h·q·kv + b·h·q·hd + 2·b·kv_h·kv·hd)·bytes  (read dO, P, V; write dP, dV)",
 )
 
 
@@ -239,6 +251,12 @@ ATTENTION = Op(
     flops_formula="4·b·h·head_dim·pairs  (two matmuls; pairs = q·kv, or the unmasked half when causal)",
     bytes_formula="2·(b·h·q·hd + b·kv_h·kv·hd)·bytes  (read Q, K, V; write O — never the N×N matrix)",
     doc="The whole attention core, naive (unfused chain end to end) vs fused kernels.",
+    backward_flops=lambda c: 8 * c.batch * c.n_heads * c.head_dim * causal_pairs(c),
+    backward_bytes=lambda c: 4 * (_q_numel(c) + _kv_numel(c)) * c.dtype_bytes,
+    backward_flops_formula="8·b·h·head_dim·pairs  (dV = Pᵀ·dO, dP = dO·Vᵀ, dQ = dS·K, dK = dSᵀ·Q; FlashAttention's "
+                           "recomputation of S = Q·Kᵀ, a fifth matmul, is not useful work and is not counted)",
+    backward_bytes_formula="4·(b·h·q·hd + b·kv_h·kv·hd)·bytes  (read Q, K, V, O, dO; write dQ, dK, dV — never the "
+                           "N×N matrix)",
 )
 
 OUT_PROJ = linear_op(

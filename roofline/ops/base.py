@@ -10,6 +10,10 @@ Conventions (the same everywhere):
 - min_bytes is the compulsory DRAM traffic ("model bytes"): each input read once, each output written once.
 - Correctness: each op's reference is evaluated in float64 on a random sample of output rows (dim -2), so the
   check runs at full size without a second full-size computation.
+- Training (`--mode train`): an op also declares its backward FLOPs and bytes, by the same rules (useful work
+  only: a kernel that recomputes the forward in its backward, as FlashAttention does, is not credited for it).
+  Its gradients are checked the same way: the output gradient is zero outside the sampled rows, so the float64
+  reference of those rows, differentiated, gives the exact expected gradient of every input (train.py).
 """
 
 from __future__ import annotations
@@ -81,6 +85,10 @@ class Op:
     check(config, inputs, output, rows) -> relative error; defaults to output rows vs the reference.
     replaces: for a fused op, the op names of the chain it stands for (those that apply; see fusion.py).
     per_block: how many times the op runs in one block (LayerNorm and residual add run twice).
+    backward_flops / backward_bytes: the backward pass's FLOPs and compulsory bytes (train mode), given the
+    gradient of every differentiable output; None for an op with no backward (the collectives).
+    grad_check(config, inputs, output, grads, grad_output, rows) -> relative error of the input gradients, for
+    ops whose reference cannot be differentiated (dropout: the reference does not know the random mask).
     """
 
     name: str
@@ -98,6 +106,19 @@ class Op:
     applies: Callable[[BlockConfig], bool] = lambda c: True
     replaces: tuple[str, ...] = ()
     per_block: int = 1
+    backward_flops: Callable[[BlockConfig], int] | None = None
+    backward_bytes: Callable[[BlockConfig], int] | None = None
+    backward_flops_formula: str = ""
+    backward_bytes_formula: str = ""
+    grad_check: Callable[..., float] | None = None
+
+    def step_flops(self, c: BlockConfig) -> int:
+        """FLOPs of the work a row times: the forward, plus the backward in train mode."""
+        return self.flops(c) + (self.backward_flops(c) if c.mode == "train" and self.backward_flops else 0)
+
+    def step_bytes(self, c: BlockConfig) -> int:
+        """Compulsory bytes of the work a row times: the forward's, plus the backward's in train mode."""
+        return self.min_bytes(c) + (self.backward_bytes(c) if c.mode == "train" and self.backward_bytes else 0)
 
     def variant(self, name: str) -> Variant:
         for v in self.variants:

@@ -3,7 +3,8 @@ all-gather and reduce-scatter that measure the interconnect (`parallel.calibrate
 
 Under Megatron tensor parallelism over n ranks (BlockConfig.tp = n, see BlockConfig.shard) each rank ends the
 output projection and FFN-down with a partial [tokens, d_model] sum; an all-reduce adds the n partials, and
-every rank gets the full result. These ops run only when tp > 1, inside `roofline profile --tp N`.
+every rank gets the full result. These ops apply only when tp > 1: `roofline profile --tp N` measures them
+and `roofline ops --tp N` lists them.
 
 Conventions, those of NCCL-tests ("bus bandwidth"), for a buffer of S bytes (E elements) over n ranks:
 - min_bytes is the bus bytes, what each rank must send (and receive) over its links with the optimal
@@ -158,8 +159,7 @@ REDUCE_SCATTER = _collective(
     "(n−1)/n·T·d_model  (this rank's share of the reduction adds)",
     "(n−1)/n·T·d_model·bytes  (NCCL bus bytes; S = the whole input)")
 
-# The block's collectives, and the op of the block order each follows (FFN-down's all-reduce follows the
-# last FFN op: ffn_down, or moe_experts in a mixture-of-experts block).
+# The block's collectives (ops/__init__.py places them in the block order, after the projections they sum), and
+# those `calibrate_interconnect` measures.
 OPS = (ALLREDUCE_OUT_PROJ, ALLREDUCE_FFN_DOWN)
-FOLLOWS = {"allreduce_out_proj": "out_proj", "allreduce_ffn_down": "moe_experts"}
 COLLECTIVES = {"all_reduce": ALLREDUCE_OUT_PROJ, "all_gather": ALL_GATHER, "reduce_scatter": REDUCE_SCATTER}

@@ -44,6 +44,10 @@ GELU = Op(
     flops_formula="5·T·d_ffn  (x/√2, erf, +1, ×x, ×½ per element; erf counted as one)",
     bytes_formula="2·T·d_ffn·bytes  (read, write)",
     doc="Exact (erf) GELU between the two FFN projections.",
+    backward_flops=lambda c: 11 * c.tokens * c.ffn_dim,
+    backward_bytes=lambda c: 3 * c.tokens * c.ffn_dim * c.dtype_bytes,
+    backward_flops_formula="11·T·d_ffn  (dy·(Φ(x) + x·φ(x)): Φ 4, φ = exp(−x²/2)/√(2π) 4, ×x, +, ×dy)",
+    backward_bytes_formula="3·T·d_ffn·bytes  (read x and dy, write dx)",
     applies=lambda c: c.activation == "gelu" and dense(c),
 )
 
@@ -67,6 +71,11 @@ SWIGLU = Op(
     flops_formula="6·T·d_ffn  (silu: negate, exp, add, divide, multiply; then × up)",
     bytes_formula="3·T·d_ffn·bytes  (read gate and up, write the product)",
     doc="SwiGLU: silu(gate) · up (Llama-style FFN).",
+    backward_flops=lambda c: 12 * c.tokens * c.ffn_dim,
+    backward_bytes=lambda c: 5 * c.tokens * c.ffn_dim * c.dtype_bytes,
+    backward_flops_formula="12·T·d_ffn  (σ(g) 4, silu 1, d_up = dy·silu 1, silu' = σ·(1 + g·(1 − σ)) 4, "
+                           "d_gate = dy·up·silu' 2)",
+    backward_bytes_formula="5·T·d_ffn·bytes  (read gate, up, dy; write d_gate, d_up)",
     applies=lambda c: c.activation == "swiglu" and dense(c),
 )
 

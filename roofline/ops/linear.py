@@ -90,4 +90,9 @@ def linear_op(name: str, group: str, in_dim: Callable[[BlockConfig], int],
         bytes_formula="(T·K + K·N + T·N)·bytes  (read x and W, write y; fp8 writes y in bf16)",
         doc=doc,
         applies=applies,
+        backward_flops=lambda c: 4 * c.tokens * in_dim(c) * out_dim(c),
+        backward_bytes=lambda c: (2 * c.tokens * in_dim(c) + 2 * in_dim(c) * out_dim(c)
+                                  + c.tokens * out_dim(c)) * c.dtype_bytes,
+        backward_flops_formula="4·T·K·N  (dx = dy·W and dW = dyᵀ·x: two matmuls of the forward's size)",
+        backward_bytes_formula="(2·T·K + 2·K·N + T·N)·bytes  (read dy, x, W; write dx, dW)",
     )

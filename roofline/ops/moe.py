@@ -74,6 +74,13 @@ MOE_ROUTER = Op(
                   "and renormalisation over E, ~5·T·E, are not counted)",
     bytes_formula="(T·d + E·d + T·k)·bytes + 8·T·k  (read x and W_gate; write the k weights and int64 ids)",
     doc="MoE router: which top_k of n_experts each token goes to, and with which weights.",
+    backward_flops=lambda c: 4 * c.tokens * c.d_model * c.n_experts,
+    backward_bytes=lambda c: (2 * c.tokens * c.d_model + 2 * c.n_experts * c.d_model
+                              + c.tokens * c.top_k) * c.dtype_bytes,
+    backward_flops_formula="4·T·d·E  (dx and dW_gate of the gate matmul; the softmax and top-k backward, ~4·T·E, "
+                           "not counted)",
+    backward_bytes_formula="(2·T·d + 2·E·d + T·k)·bytes  (read the weights' gradient, x and W_gate; write dx, "
+                           "dW_gate)",
     applies=moe,
 )
 
@@ -191,6 +198,13 @@ MOE_EXPERTS = Op(
     bytes_formula="(2·T·d + T·k + touched·3·d·d_ffn)·bytes + 8·T·k  (read x, the routing and every expert that "
                   "gets a token, min(E, T·k); write y)",
     doc="The routed tokens' expert FFNs (dispatch, expert matmuls, weighted combine), top_k per token.",
+    backward_flops=lambda c: 4 * c.tokens * c.top_k * expert_weights(c),
+    backward_bytes=lambda c: ((3 * c.tokens * c.d_model + 2 * c.tokens * c.top_k
+                               + 2 * touched_experts(c) * expert_weights(c)) * c.dtype_bytes
+                              + c.tokens * c.top_k * INDEX_BYTES),
+    backward_flops_formula="4·3·T·k·d·d_ffn  (dx and dW of both expert matmuls: twice the forward)",
+    backward_bytes_formula="(3·T·d + 2·T·k + 2·touched·3·d·d_ffn)·bytes + 8·T·k  (read dy, x, the routing and "
+                           "every touched expert; write dx, the routing weights' gradient and the experts' dW)",
     applies=moe,
 )
 

@@ -73,6 +73,12 @@ LAYERNORM = Op(
     flops_formula="8·T·d  (mean 1, variance 3, normalise 2, affine 2 per element)",
     bytes_formula="(2·T·d + 2·d)·bytes  (read x, weight, bias; write y)",
     doc="LayerNorm over d_model, before attention and before the FFN (twice per block).",
+    backward_flops=lambda c: 13 * _act(c),
+    backward_bytes=lambda c: (3 * _act(c) + 3 * c.d_model) * c.dtype_bytes,
+    backward_flops_formula="13·T·d  (x̂ 2, g = dy·w 1, dw += dy·x̂ 2, db += dy 1, Σg 1, Σg·x̂ 2, dx = rstd·(g − ḡ − x̂·"
+                           "mean(g·x̂)) 4 per element)",
+    backward_bytes_formula="(3·T·d + 3·d)·bytes  (read x, dy, weight; write dx, dweight, dbias; the per-row mean "
+                           "and rstd are 2·T floats, not counted)",
     applies=lambda c: c.norm == "layernorm",
 )
 
@@ -86,6 +92,10 @@ RMSNORM = Op(
     flops_formula="4·T·d  (square 1, sum 1, scale 1, weight 1 per element)",
     bytes_formula="(2·T·d + d)·bytes  (read x, weight; write y)",
     doc="RMSNorm (Llama-style), twice per block.",
+    backward_flops=lambda c: 9 * _act(c),
+    backward_bytes=lambda c: (3 * _act(c) + 2 * c.d_model) * c.dtype_bytes,
+    backward_flops_formula="9·T·d  (x̂ 1, g = dy·w 1, dw += dy·x̂ 2, Σg·x̂ 2, dx = rstd·(g − x̂·mean(g·x̂)) 3)",
+    backward_bytes_formula="(3·T·d + 2·d)·bytes  (read x, dy, weight; write dx, dweight)",
     applies=lambda c: c.norm == "rmsnorm",
 )
 
@@ -104,6 +114,10 @@ RESIDUAL_ADD = Op(
     flops_formula="T·d  (one add per element)",
     bytes_formula="3·T·d·bytes  (read x and residual, write the sum)",
     doc="The residual connection around attention and around the FFN (twice per block).",
+    backward_flops=lambda c: 0,
+    backward_bytes=lambda c: 0,
+    backward_flops_formula="0  (both inputs get dy itself)",
+    backward_bytes_formula="0  (autograd hands the same gradient tensor on: no kernel runs)",
 )
 
 
@@ -127,6 +141,15 @@ def dropout_error(x: torch.Tensor, y: torch.Tensor, p: float, valid: torch.Tenso
     return relative_error(y[kept], x[kept].double() / (1 - p))
 
 
+def dropout_grad_error(c: BlockConfig, i: Inputs, output: object, grads: dict, dy: torch.Tensor,
+                       rows: torch.Tensor) -> float:
+    """dx must be dy·keep/(1-p) with the forward's own mask (kept where y ≠ 0; x = 0 tells nothing)."""
+    x, y, dx = i["x"].detach(), output.detach(), grads["x"]  # type: ignore[union-attr]
+    expected = dy.double() * (y != 0) / (1 - c.dropout_p)
+    known = x != 0
+    return relative_error(dx.double()[known], expected[known])
+
+
 DROPOUT = Op(
     name="dropout", group="norm", unit="vector", per_block=2,
     flops=lambda c: _act(c),
@@ -135,6 +158,12 @@ DROPOUT = Op(
     reference=lambda c, i, rows: take_rows(i["x"], rows),
     check=lambda c, i, out, rows: dropout_error(i["x"], out, c.dropout_p),
     variants=(Variant("torch", lambda c, i: lambda: F.dropout(i["x"], c.dropout_p, training=True)),),
+    grad_check=dropout_grad_error,
+    backward_flops=lambda c: _act(c),
+    backward_bytes=lambda c: 2 * _act(c) * c.dtype_bytes,
+    backward_flops_formula="T·d  (dx = dy·mask/(1−p), one multiply per element)",
+    backward_bytes_formula="2·T·d·bytes  (read dy, write dx; the mask regenerated from the RNG seed, as our fused "
+                           "kernel does — PyTorch saves it, T·d more bytes)",
     flops_formula="T·d  (one scale per element; random-number generation not counted)",
     bytes_formula="2·T·d·bytes  (read x, write y; the mask stays on chip)",
     doc="Dropout on the attention and FFN outputs (twice per block), p from the model config.",
@@ -199,6 +228,32 @@ def fused_norm_error(c: BlockConfig, i: Inputs, output: object, rows: torch.Tens
     return max(norm_err, drop_err)
 
 
+def fused_norm_grad_error(c: BlockConfig, i: Inputs, output: object, grads: dict, dy: torch.Tensor,
+                          rows: torch.Tensor) -> float:
+    """Gradients of y = norm(h), h = residual + dropout(x), for dy on rows `rows` of y.
+
+    d_residual = dh, from the float64 norm backward at the variant's own h; dweight, dbias likewise; dx = dh·keep/(1-p)
+    with the forward's mask, read off h − residual where it can be told (fused_norm_error's `valid`).
+    """
+    out, new_residual = output  # type: ignore[misc]
+    h = take_rows(new_residual.detach(), rows).requires_grad_(True)
+    params = [i["weight"]] + ([i["bias"]] if c.norm == "layernorm" else [])
+    if c.norm == "rmsnorm":
+        ref = rmsnorm_reference(h, i["weight"], c.norm_eps)
+    else:
+        ref = layernorm_reference(h, i["weight"], i["bias"], c.norm_eps)
+    dh, *dparams = torch.autograd.grad(ref, [h, *params], take_rows(dy, rows))
+    errors = [relative_error(take_rows(grads["residual"], rows), dh)]
+    errors += [relative_error(grads[n], d) for n, d in zip(("weight", "bias"), dparams, strict=False)]
+    x, residual = take_rows(i["x"].detach(), rows), take_rows(i["residual"].detach(), rows)
+    eps = torch.finfo(i["residual"].dtype).eps
+    valid = x.abs() / (1 - c.dropout_p) > 4 * eps * residual.abs()
+    keep = (take_rows(new_residual.detach(), rows) - residual) != 0
+    expected_dx = dh * keep / (1 - c.dropout_p)
+    errors.append(relative_error(take_rows(grads["x"], rows)[valid], expected_dx[valid]))
+    return max(errors)
+
+
 RESIDUAL_DROPOUT_NORM = Op(
     name="residual_dropout_norm", group="norm", unit="vector", per_block=2,
     flops=lambda c: (2 + (8 if c.norm == "layernorm" else 4)) * _act(c),
@@ -216,6 +271,13 @@ RESIDUAL_DROPOUT_NORM = Op(
     flops_formula="(2 + norm)·T·d  (dropout scale, add, then the norm's 8 or 4 per element)",
     bytes_formula="(4·T·d + 2·d)·bytes  (read x, residual, weight, bias; write y and the new residual; d for RMSNorm)",
     doc="new_residual = residual + dropout(x); y = norm(new_residual), in one pass instead of three.",
+    grad_check=fused_norm_grad_error,
+    backward_flops=lambda c: (2 + (13 if c.norm == "layernorm" else 9)) * _act(c),
+    backward_bytes=lambda c: (5 * _act(c) + (3 if c.norm == "layernorm" else 2) * c.d_model) * c.dtype_bytes,
+    backward_flops_formula="(2 + norm)·T·d  (the norm's backward, 13 or 9 per element, dh += the residual stream's "
+                           "gradient, dx = dh·mask/(1−p); d_residual is dh itself)",
+    backward_bytes_formula="(5·T·d + 3·d)·bytes  (read dy, the residual stream's gradient and h; write dx and "
+                           "d_residual; weight in, dweight and dbias out; 2·d for RMSNorm)",
 )
 
 OPS = (LAYERNORM, RMSNORM, DROPOUT, RESIDUAL_ADD, RESIDUAL_DROPOUT_NORM)
