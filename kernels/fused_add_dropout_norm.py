@@ -47,6 +47,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # Triton runs kernel
 MAX_COLS = 32768  # the whole row lives in registers: past this it would spill
 NORMS = ("layernorm", "rmsnorm")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+BACKWARD_PROGRAMS_PER_SM, BACKWARD_WARPS = 2, 0  # backward launch shape (0 warps: by row width); scripts/tune_norm.py
 
 
 @triton.jit
@@ -315,8 +316,9 @@ def _backward(new_residual: torch.Tensor, mean: torch.Tensor | None, rstd: torch
     n_rows = new_residual.numel() // n_cols
     dx = torch.empty_like(new_residual) if need_x else None
     dr = torch.empty_like(new_residual) if need_r else None
-    device = new_residual.device  # two programs per SM, each over a run of rows (8 under the interpreter)
-    programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    device = new_residual.device  # BACKWARD_PROGRAMS_PER_SM per SM, each over a run of rows (8 when interpreted)
+    programs = (BACKWARD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+                if device.type == "cuda" else 8)
     rows_per_program = triton.cdiv(n_rows, max(min(programs, n_rows), 1))
     n_programs = triton.cdiv(n_rows, rows_per_program) if n_rows else 1
     part = [torch.zeros(n_programs, n_cols, device=device, dtype=torch.float32) if need else None
@@ -331,7 +333,7 @@ def _backward(new_residual: torch.Tensor, mean: torch.Tensor | None, rstd: torch
             n_rows, n_cols, rows_per_program, seed, keep_threshold, dropout_scale,
             QUARTER=block // 4, HAS_DOUT=d_out is not None, HAS_DNEW_R=d_new_residual is not None,
             HAS_DROPOUT=p > 0.0, STORE_DX=need_x, STORE_DR=need_r, STORE_DW=need_w, STORE_DB=need_b,
-            IS_RMS=mean is None, num_warps=min(max(block // 512, 4), 32),  # 8 warps for d = 4096
+            IS_RMS=mean is None, num_warps=BACKWARD_WARPS or min(max(block // 512, 4), 32),  # 8 for d = 4096
         )
     d_weight = part[0].sum(0).to(weight.dtype) if need_w else None
     d_bias = part[1].sum(0).to(bias.dtype) if need_b else None

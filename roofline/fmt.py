@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from roofline.results import Results
+    from roofline.results import Results, Row
 
 
 def _scaled(value: float | None, units: list[tuple[float, str]], digits: int = 3) -> str:
@@ -73,3 +73,14 @@ def run_fields(results: Results) -> list[str]:
 def describe_run(results: Results) -> str:
     """'gpt-7b · prefill · batch 1 · seq 8192 · bf16 · NVIDIA H100 SXM': the run in one line (table, plots, report)."""
     return " · ".join(run_fields(results))
+
+
+def ok_row_note(r: Row) -> str:
+    """What a measured row's note column says: its note, throttling, and whether launching it costs the host more
+    than the GPU takes to run it (host-bound: an eager loop pays the launch time, not the GPU time)."""
+    parts = [r.note] if r.note else []
+    if r.throttle:
+        parts.append(f"throttled: {r.throttle}")
+    if r.host_time_s and r.time_median_s and r.host_time_s > r.time_median_s:
+        parts.append(f"host-bound: launch {seconds(r.host_time_s)}")
+    return "; ".join(parts)

@@ -185,11 +185,10 @@ def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: Devi
     del out
     phases.mark("check")
 
-    timed, backward = fn, None
+    timed, closures = fn, None
     if grad_names:
         closures = train.closures(fn, inputs, grad_names, gen)
-        timed, backward = closures.step, closures.backward
-        row.saved_bytes, row.saved_new_bytes = closures.saved_bytes, closures.saved_new_bytes
+        timed, row.saved_bytes, row.saved_new_bytes = closures.step, closures.saved_bytes, closures.saved_new_bytes
     if info.kind == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -206,9 +205,9 @@ def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: Devi
     phases.mark(f"timing ({stats.samples} samples)")
     row.time_median_s, row.time_p20_s, row.time_p80_s = stats.median_s, stats.p20_s, stats.p80_s
     row.samples, row.rel_err, row.stop_reason = stats.samples, stats.rel_err, stats.stop_reason
-    row.time_samples_s = stats.samples_s
-    if backward is not None:
-        _time_backward(row, backward, timer, settings)
+    row.time_samples_s, row.host_time_s = stats.samples_s, stats.host_s
+    if closures is not None:
+        _time_backward(row, closures, timer, settings)
         phases.mark(f"backward timing ({row.backward_samples} samples)")
     clocks = read_clocks(info)
     row.sm_clock_mhz, row.mem_clock_mhz = clocks.get("sm_clock_mhz"), clocks.get("mem_clock_mhz")  # type: ignore
@@ -217,16 +216,10 @@ def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: Devi
     phases.report()
 
 
-def _time_backward(row: Row, backward: Callable[[], object], timer: Timer, settings: Settings) -> None:
-    """The backward alone, replayed over one kept forward. The step is timed already: a variant whose backward
-    cannot be replayed (it frees what it saved) keeps its row, with a note instead of the backward time."""
-    try:
-        timer.warm_up(backward, 0.0)
-        stats = timer.time(backward, settings.budget_s, settings.min_samples)
-    except RuntimeError as exc:
-        first_line = (str(exc).strip().splitlines() or [""])[0][:120]
-        row.note = f"backward alone not timed: {first_line}"
-        return
+def _time_backward(row: Row, closures: train.TrainClosures, timer: Timer, settings: Settings) -> None:
+    """The backward alone: each sample after an untimed forward that builds its graph."""
+    timer.warm_up(closures.backward, 0.0, setup=closures.forward)
+    stats = timer.time(closures.backward, settings.budget_s, settings.min_samples, setup=closures.forward)
     row.backward_time_s, row.backward_samples = stats.median_s, stats.samples
 
 
@@ -263,7 +256,7 @@ def run_plan(items: list[tuple[Op, Variant]], c: BlockConfig, info: DeviceInfo, 
              settings: Settings, on_start: Callable[[Op, Variant], None] = lambda o, v: None,
              on_row: Callable[[Row], None] = lambda r: None) -> list[Row]:
     """Measure every planned variant in order; on_row is called after each (the caller saves results)."""
-    timer = Timer(info.torch_device, info.l2_bytes)
+    timer = Timer(info.torch_device, info.l2_bytes, info.max_sm_clock_mhz or 0)
     previous_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = c.dtype == "tf32"
     torch.backends.cudnn.allow_tf32 = c.dtype == "tf32"

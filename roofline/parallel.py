@@ -161,24 +161,31 @@ class CollectiveTimer(Timer):
     ranks take the same samples and stop together. GPU: CUDA events; CPU (gloo): perf_counter.
     """
 
-    def warm_up(self, fn: Callable[[], object], first_call_s: float, target_s: float = 0.03) -> None:
+    def warm_up(self, fn: Callable[[], object], first_call_s: float, target_s: float = 0.03,
+                setup: Callable[[], object] | None = None) -> None:
         slowest = agreed_max([first_call_s], self.device)[0]
         for _ in range(0 if slowest > 0.5 else min(100, max(1, int(target_s / max(slowest, 1e-6))))):
+            if setup is not None:
+                setup()
             fn()
         self.sync()
 
-    def run_batch(self, fn: Callable[[], object], k: int, flush: bool = True) -> list[float]:
+    def run_batch(self, fn: Callable[[], object], k: int, flush: bool = True,
+                  setup: Callable[[], object] | None = None) -> list[float]:
         times = []
         for _ in range(k):
             if flush and self._flush is not None:
                 self._flush.zero_()
+            if setup is not None:
+                setup()
             self.sync()
             dist.barrier()
             times += super().run_batch(fn, 1, flush=False)
         return agreed_max(times, self.device)
 
-    def time(self, fn: Callable[[], object], budget_s: float, min_samples: int) -> TimingStats:
-        return sample_until_stable(lambda k: self.run_batch(fn, k), budget_s, min_samples,
+    def time(self, fn: Callable[[], object], budget_s: float, min_samples: int,
+             setup: Callable[[], object] | None = None) -> TimingStats:
+        return sample_until_stable(lambda k: self.run_batch(fn, k, setup=setup), budget_s, min_samples,
                                    clock=lambda: agreed_max([time.perf_counter()], self.device)[0])
 
 
@@ -248,7 +255,8 @@ def profile_rank(job: TPJob) -> None:
             f"({roofs.interconnect_source})")
         res = Results(run=measure.run_metadata(job.config, info, roofs, job.settings, job.argv, measured))
         res.run.update(tp=n, backend=dist.get_backend(), interconnect=link)
-        plain, collective = Timer(info.torch_device, info.l2_bytes), CollectiveTimer(info.torch_device, info.l2_bytes)
+        plain = Timer(info.torch_device, info.l2_bytes, info.max_sm_clock_mhz or 0)
+        collective = CollectiveTimer(info.torch_device, info.l2_bytes)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = job.config.dtype == "tf32"
         for index, (op, variant) in enumerate(plan(job.config, job.only, job.variants)):
             timer = collective if op.unit == "comm" else plain

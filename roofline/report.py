@@ -103,9 +103,11 @@ def run_context(res: Results, label: str, scaled: bool = False) -> dict[str, Any
 
     run: dict[str, Any] = res.run
     has_comm = any(r.unit == "comm" for r in res.rows)
-    return {"label": label, "title": plot.describe_run(res), "summary": summary(res), "facts": facts(run),
+    train = any(r.mode == "train" for r in res.rows)
+    return {"label": label, "train": train, "columns": op_columns(train), "title": plot.describe_run(res),
+            "summary": summary(res), "facts": facts(run),
             "split": block_split(res) if has_comm or scaled else [],
-            "ceilings": ceilings(res), "rows": [op_row(r) for r in res.rows], "fusions": fusions(res),
+            "ceilings": ceilings(res), "rows": [op_row(r, train) for r in res.rows], "fusions": fusions(res),
             "warnings": warnings(res), "command": run.get("command", ""),
             "started_at": run.get("started_at", ""),
             "groups": {r.group: plot.group_color(r.group) for r in res.rows}, "counters": counter_rows(res)}
@@ -259,16 +261,26 @@ def _cell(text: str, sort: object = None, cls: str = "") -> dict[str, Any]:
     return {"text": text, "sort": "" if sort is None else sort, "cls": cls}
 
 
-def op_row(r: Row) -> dict[str, Any]:
-    """The terminal table's columns, plus each cell's raw value for sorting."""
+OP_COLUMNS = [("op", ""), ("variant", ""), ("FLOPs", "num"), ("bytes", "num"), ("intensity", "num"), ("time", "num"),
+              ("FLOP/s", "num"), ("B/s", "num"), ("bound", ""), ("% of roof", "num"), ("peak mem", "num"),
+              ("status / note", "")]
+TRAIN_COLUMNS = [("backward", "num"), ("saved for backward", "num")]  # after "time", as in the terminal table
+
+
+def op_columns(train: bool) -> list[tuple[str, str]]:
+    return OP_COLUMNS[:6] + (TRAIN_COLUMNS if train else []) + OP_COLUMNS[6:]
+
+
+def op_row(r: Row, train: bool = False) -> dict[str, Any]:
+    """The terminal table's columns (op_columns), plus each cell's raw value for sorting."""
     from roofline import fmt, plot
 
     op = r.op + (f" ×{r.per_block}" if r.per_block > 1 else "")
     ok = r.status == "ok"
     spread = f"{fmt.seconds(r.time_p20_s)} – {fmt.seconds(r.time_p80_s)}" if ok else ""
-    note = r.note if not ok else (f"throttled: {r.throttle}" if r.throttle else r.note)
+    note = fmt.ok_row_note(r) if ok else r.note
     note = f"rank {r.rank}" + (f" · {note}" if note else "") if r.rank is not None else note
-    return {
+    row: dict[str, Any] = {
         "status": r.status, "group": r.group, "group_color": plot.group_color(r.group), "bound": r.bound if ok else "",
         "pct": min(r.pct_of_roof or 0.0, 100.0) if ok else 0.0,
         "cells": [
@@ -285,6 +297,10 @@ def op_row(r: Row) -> dict[str, Any]:
         ],
         "spread": spread,
     }
+    if train:
+        row["cells"][6:6] = [_cell(fmt.seconds(r.backward_time_s) if ok else "", r.backward_time_s, "num"),
+                             _cell(fmt.nbytes(r.saved_new_bytes) if ok else "", r.saved_new_bytes, "num")]
+    return row
 
 
 def fusions(res: Results) -> list[dict[str, str]]:
@@ -295,7 +311,8 @@ def fusions(res: Results) -> list[dict[str, str]]:
              "before": fmt.seconds(f.chain_time_s), "after": fmt.seconds(f.fused_time_s),
              "speedup": fmt.ratio(f.speedup), "good": "good" if f.speedup >= 1 else "bad",
              "bytes_before": fmt.nbytes(f.chain_bytes), "bytes_after": fmt.nbytes(f.fused_bytes),
-             "mem_before": fmt.nbytes(f.chain_peak_mem), "mem_after": fmt.nbytes(f.fused_peak_mem)}
+             "mem_before": fmt.nbytes(f.chain_peak_mem), "mem_after": fmt.nbytes(f.fused_peak_mem),
+             "saved_before": fmt.nbytes(f.chain_saved_bytes), "saved_after": fmt.nbytes(f.fused_saved_bytes)}
             for f in summarize(res)]
 
 

@@ -69,6 +69,7 @@ class Row:
     mem_clock_mhz: int | None = None
     throttle: str = ""
     time_samples_s: list[float] = field(default_factory=list)
+    host_time_s: float | None = None  # host time to launch one call; above time_median_s the op is host-bound
     # Hardware counters (`profile --counters`, counters.py): what the op's kernels did move and execute, summed.
     measured_dram_bytes: float | None = None  # DRAM read + write
     measured_dram_read_bytes: float | None = None

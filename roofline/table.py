@@ -57,7 +57,8 @@ def _cells(r: Row, show_op: bool) -> list[Text | str]:
     tflops = fmt.si(r.flops_per_s)
     gbs = fmt.si(r.bytes_per_s)
     bound = Text(r.bound, style=BOUND_STYLE.get(r.bound, ""))
-    note = Text(f"throttled: {r.throttle}", style="yellow") if r.throttle else Text("")
+    text = fmt.ok_row_note(r)
+    note = Text(text, style="yellow" if "throttled" in text or "host-bound" in text else "")
     return [op, variant, fmt.si(r.flops), fmt.si(r.min_bytes, "B"), fmt.intensity(r.intensity),
             fmt.seconds(r.time_median_s), tflops, gbs, bound, fmt.pct(r.pct_of_roof),
             fmt.nbytes(r.peak_mem_bytes), note]

@@ -4,6 +4,12 @@ Why our own loop and not `triton.testing.do_bench`: we need an adaptive stopping
 is known to ±0.5 %, NVBench's default, or when the per-op budget is spent), the raw samples kept for
 `compare`, and the same statistics on the CPU, where Triton's timer does not run.
 
+Launch overhead (GPU): the host's time to launch an op (Python, the dispatcher, a Triton launcher, an autograd
+graph) is not the GPU's. When the Timer knows the SM clock, a sleep kernel longer than that host time runs
+before each sample (NVBench's "blocking kernel"), so the host has enqueued the op by the time the events start
+and they measure its GPU execution only; the host time per call is kept beside it (`host_s`): an op whose host
+time exceeds its GPU time is host-bound, which a training loop pays unless something hides it (CUDA graphs).
+
 Stopping rule: the standard error of the median is √(π/2)·σ/√n; σ is estimated robustly from the
 inter-quartile range (σ ≈ IQR / 1.349) so that one slow outlier does not keep us sampling forever.
 """
@@ -30,6 +36,7 @@ class TimingStats:
     rel_err: float  # estimated relative standard error of the median
     stop_reason: str  # "converged" | "budget" | "max_samples"
     samples_s: list[float] = field(default_factory=list)
+    host_s: float | None = None  # host time to launch one call (GPU timers with a clock only)
 
 
 def quantile(sorted_values: list[float], q: float) -> float:
@@ -88,9 +95,11 @@ def sample_until_stable(run_batch: Callable[[int], list[float]], budget_s: float
 class Timer:
     """Times a closure on one device. GPU: events around the closure only, L2 flushed before each sample."""
 
-    def __init__(self, device: torch.device, l2_bytes: int = 0) -> None:
+    def __init__(self, device: torch.device, l2_bytes: int = 0, sm_clock_mhz: int = 0) -> None:
         self.device = device
         self.is_cuda = device.type == "cuda"
+        self._cycles_per_s = sm_clock_mhz * 1e6 if self.is_cuda and hasattr(torch.cuda, "_sleep") else 0.0
+        self._sleep_cycles = 0
         self._flush = None
         if self.is_cuda:
             flush_bytes = max(2 * l2_bytes, 64 << 20)
@@ -108,21 +117,28 @@ class Timer:
         self.sync()
         return out, time.perf_counter() - t0
 
-    def warm_up(self, fn: Callable[[], object], first_call_s: float, target_s: float = 0.03) -> None:
+    def warm_up(self, fn: Callable[[], object], first_call_s: float, target_s: float = 0.03,
+                setup: Callable[[], object] | None = None) -> None:
         """A few more calls so caches, clocks and allocator settle; none when one call is already long."""
         if first_call_s > 0.5:
             return
         t0 = time.perf_counter()
         for _ in range(100):
+            if setup is not None:
+                setup()
             fn()
             self.sync()
             if time.perf_counter() - t0 >= target_s:
                 break
 
-    def run_batch(self, fn: Callable[[], object], k: int, flush: bool = True) -> list[float]:
+    def run_batch(self, fn: Callable[[], object], k: int, flush: bool = True,
+                  setup: Callable[[], object] | None = None) -> list[float]:
+        """k samples of fn; `setup` runs before each, untimed (e.g. the forward whose backward is timed)."""
         if not self.is_cuda:
             times = []
             for _ in range(k):
+                if setup is not None:
+                    setup()
                 t0 = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - t0)
@@ -130,13 +146,41 @@ class Timer:
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(k)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(k)]
         for start, end in zip(starts, ends, strict=True):
+            if setup is not None:
+                setup()
             if flush:
                 self._flush.zero_()  # type: ignore[union-attr]
+            if self._sleep_cycles:
+                torch.cuda._sleep(self._sleep_cycles)
             start.record()
             fn()
             end.record()
         torch.cuda.synchronize(self.device)
         return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)]
 
-    def time(self, fn: Callable[[], object], budget_s: float, min_samples: int) -> TimingStats:
-        return sample_until_stable(lambda k: self.run_batch(fn, k), budget_s, min_samples)
+    def host_seconds(self, fn: Callable[[], object], setup: Callable[[], object] | None = None,
+                     reps: int = 3) -> float:
+        """Median host time of one call that is not waited for: what launching fn costs the CPU."""
+        times = []
+        for _ in range(reps):
+            if setup is not None:
+                setup()
+            self.sync()
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        self.sync()
+        return statistics.median(times)
+
+    def time(self, fn: Callable[[], object], budget_s: float, min_samples: int,
+             setup: Callable[[], object] | None = None) -> TimingStats:
+        host_s = None
+        if self._cycles_per_s:  # sleep twice the launch time (≥ 50 µs, ≤ 50 ms) ahead of each sample
+            host_s = self.host_seconds(fn, setup)
+            self._sleep_cycles = int(min(max(2 * host_s + 20e-6, 50e-6), 0.05) * self._cycles_per_s)
+        try:
+            stats = sample_until_stable(lambda k: self.run_batch(fn, k, setup=setup), budget_s, min_samples)
+        finally:
+            self._sleep_cycles = 0
+        stats.host_s = host_s
+        return stats

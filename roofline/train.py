@@ -3,7 +3,7 @@
 For one variant, with every floating-point input a leaf that requires grad (x, weights, Q/K/V, …):
 - step: the forward, then `torch.autograd.grad` of every differentiable output with a fixed random output
   gradient — what a training step spends on the op (the row's timing, FLOPs and bytes are forward + backward);
-- backward: the backward alone, replayed over the graph of one kept forward (`retain_graph`);
+- backward: the backward alone, each sample over the graph of a fresh forward run untimed just before it;
 - saved bytes: the tensors autograd keeps from the forward for the backward (saved-tensor hooks, one count per
   storage), split into the op's inputs (alive anyway in a network: the previous op's output or a weight) and
   the new ones the op adds — naive attention's N×N probabilities, a dropout mask, FlashAttention's O(N)
@@ -45,23 +45,28 @@ def primary(output: object) -> torch.Tensor:
     return out
 
 
-def _gradients(outputs: list[torch.Tensor], leaves: list[torch.Tensor], grad_outputs: list[torch.Tensor],
-               retain_graph: bool = False) -> list[torch.Tensor | None]:
-    return list(torch.autograd.grad(outputs, leaves, grad_outputs, retain_graph=retain_graph, allow_unused=True))
+def _gradients(outputs: list[torch.Tensor], leaves: list[torch.Tensor],
+               grad_outputs: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    return list(torch.autograd.grad(outputs, leaves, grad_outputs, allow_unused=True))
 
 
 @dataclass
 class TrainClosures:
-    """The two closures the timer runs, and what autograd saved for the kept forward."""
+    """The closures the timer runs, and what autograd saved for the backward of one forward.
+
+    backward runs over the graph `forward` (untimed, before each sample) leaves: no `retain_graph`, which
+    torch.compile's backward refuses (it donates its saved buffers).
+    """
 
     step: Closure
+    forward: Closure
     backward: Closure
     saved_bytes: int
     saved_new_bytes: int
 
 
 def closures(fn: Closure, inputs: Inputs, names: list[str], gen: torch.Generator) -> TrainClosures:
-    """Build the step and backward-only closures of a variant's forward `fn` (see the module docstring)."""
+    """Build the step, forward and backward closures of a variant's forward `fn` (see the module docstring)."""
     leaves = [inputs[n] for n in names]
     input_storages = {t.untyped_storage().data_ptr() for t in inputs.values()}
     saved: dict[int, int] = {}
@@ -76,15 +81,20 @@ def closures(fn: Closure, inputs: Inputs, names: list[str], gen: torch.Generator
     if not kept:
         raise Unsupported("forward-only: no backward pass (its output does not require grad)")
     grad_outputs = [torch.randn(o.shape, dtype=o.dtype, device=o.device, generator=gen) for o in kept]
+    del kept  # its graph holds the saved tensors
+    pending: list[list[torch.Tensor]] = []
 
     def step() -> object:
         return _gradients(differentiable(fn()), leaves, grad_outputs)
 
+    def forward() -> None:
+        pending.append(differentiable(fn()))
+
     def backward() -> object:
-        return _gradients(kept, leaves, grad_outputs, retain_graph=True)
+        return _gradients(pending.pop(), leaves, grad_outputs)
 
     new = sum(n for ptr, n in saved.items() if ptr not in input_storages)
-    return TrainClosures(step, backward, sum(saved.values()), new)
+    return TrainClosures(step, forward, backward, sum(saved.values()), new)
 
 
 def masked_grad_output(out: torch.Tensor, rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -27,6 +27,7 @@ for step in "$@"; do
     debug) timed debug env ROOFLINE_DEBUG=1 TORCH_LOGS=recompiles python3 -m roofline profile --seq-len 8192 --ops residual_dropout_norm --out "$R/debug" --no-plots ;;
     counters) timed counters roofline profile --seq-len 8192 --counters --out "$R/counters" ;;
     tune) timed tune python3 scripts/tune_flash.py ;;
+    tune-norm) timed tune-norm python3 scripts/tune_norm.py ;;
     gputests) timed gputests python3 -m pytest -q -m gpu tests ;;
     sweep) timed sweep roofline sweep --seq-len 1024,2048,4096,8192,16384,32768 --budget 0.3 --out "$R/gpt-7b-sweep" ;;
     decode) timed decode-b1 roofline profile --mode decode --kv-len 8192 --batch 1 --out "$R/gpt-7b-decode-b1-kv8192"

@@ -6,8 +6,9 @@ import math
 from itertools import cycle
 
 import pytest
+import torch
 
-from roofline.timing import median_rel_error, quantile, sample_until_stable, summarize
+from roofline.timing import Timer, median_rel_error, quantile, sample_until_stable, summarize
 
 
 class FakeDevice:
@@ -102,3 +103,20 @@ def test_summarize_p20_p80_and_keeps_raw_order() -> None:
     assert (stats.median_s, stats.samples) == (3.0, 5)
     assert (stats.p20_s, stats.p80_s) == (pytest.approx(1.8), pytest.approx(4.2))
     assert stats.samples_s == raw and stats.stop_reason == "budget"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_sleep_ahead_of_each_sample_hides_the_launch_time() -> None:
+    """50 tiny kernels: launching them costs the host more than the GPU takes to run them."""
+    x = torch.zeros(1024, device="cuda")
+
+    def many_launches() -> None:
+        for _ in range(50):
+            x.add_(1.0)
+
+    clock = torch.cuda.get_device_properties(0).clock_rate // 1000 or 1500
+    plain = Timer(torch.device("cuda")).time(many_launches, 0.2, 10)
+    blocked = Timer(torch.device("cuda"), sm_clock_mhz=clock).time(many_launches, 0.2, 10)
+    assert plain.host_s is None and blocked.host_s > blocked.median_s
+    assert blocked.median_s < 0.8 * plain.median_s

@@ -189,3 +189,26 @@ def test_catalog_triton_variants_in_train_mode(model: str, op_name: str) -> None
             train.grad_error(op, config, inputs, names, output, rows, torch.Generator().manual_seed(1))
         return
     assert train.grad_error(op, config, inputs, names, output, rows, torch.Generator().manual_seed(1)) < 1e-4
+
+
+class OnceBackward(torch.autograd.Function):
+    """x + residual whose backward refuses to run twice over one graph (as torch.compile's donated buffers do)."""
+
+    @staticmethod
+    def forward(ctx, x, residual):
+        ctx.used = False
+        return x + residual
+
+    @staticmethod
+    def backward(ctx, dy):
+        if ctx.used:
+            raise RuntimeError("backward ran twice over one graph")
+        ctx.used = True
+        return dy, dy
+
+
+def test_the_backward_is_timed_over_a_fresh_forward_each_sample(run, small_config) -> None:
+    op, variant = with_variant("residual_add", lambda c, i: lambda: OnceBackward.apply(i["x"], i["residual"]))
+    row = run(op, variant, small_config(mode="train"))
+    assert row.status == "ok", row.note
+    assert row.backward_time_s > 0 and row.backward_samples >= SETTINGS.min_samples

@@ -26,6 +26,11 @@ def _scores_numel(c: BlockConfig) -> int:
     return c.batch * c.n_heads * c.q_len * c.kv_len
 
 
+def _visible_numel(c: BlockConfig) -> int:
+    """Scores a causal mask leaves visible (all of them without the mask)."""
+    return c.batch * c.n_heads * causal_pairs(c)
+
+
 def _q_numel(c: BlockConfig) -> int:
     return c.batch * c.n_heads * c.q_len * c.head_dim
 
@@ -145,7 +150,7 @@ def _triton_softmax(c: BlockConfig, i: Inputs):
 SOFTMAX = Op(
     name="softmax", group="attention", unit="vector",
     flops=lambda c: 5 * _scores_numel(c),
-    min_bytes=lambda c: 2 * _scores_numel(c) * c.dtype_bytes,
+    min_bytes=lambda c: (_visible_numel(c) + _scores_numel(c)) * c.dtype_bytes,
     make_inputs=_softmax_inputs,
     reference=_softmax_reference,
     variants=(
@@ -153,12 +158,14 @@ SOFTMAX = Op(
         Variant("triton", _triton_softmax, fused=True, requires=needs_triton, doc="kernels/softmax.py"),
     ),
     flops_formula="5·b·h·q·kv  (max, subtract, exp, sum, divide per element)",
-    bytes_formula="2·b·h·q·kv·bytes  (read the scores, write the probabilities; a causal mask is computed)",
+    bytes_formula="(b·h·pairs + b·h·q·kv)·bytes  (read the visible scores, write every probability; pairs = q·kv, "
+                  "or the unmasked part when causal: the mask is computed, masked scores need not be read)",
     doc="Row softmax of the scores (causal-masked when the model is causal).",
     backward_flops=lambda c: 4 * _scores_numel(c),
-    backward_bytes=lambda c: 3 * _scores_numel(c) * c.dtype_bytes,
+    backward_bytes=lambda c: (2 * _visible_numel(c) + _scores_numel(c)) * c.dtype_bytes,
     backward_flops_formula="4·b·h·q·kv  (dx = y·(dy − Σ dy·y): multiply, sum, subtract, multiply per element)",
-    backward_bytes_formula="3·b·h·q·kv·bytes  (read y and dy, write dx: y is saved, x is not needed)",
+    backward_bytes_formula="(2·b·h·pairs + b·h·q·kv)·bytes  (read y and dy where visible, write every dx: y is "
+                           "saved, x is not needed)",
 )
 
 

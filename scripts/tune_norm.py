@@ -1,0 +1,126 @@
+"""Tune and diagnose the fused residual + dropout + norm kernel's training step on a GPU (not part of the tool).
+
+For [rows, 4096] bf16 (rows 4096 and 8192), prints:
+1. the backward kernel's GPU time for each launch shape (programs per SM × warps), the winner first;
+2. for eager, torch.compile and our Triton variant: forward, backward and step GPU time (CUDA events behind a
+   blocking sleep, so the host's launch time is hidden) and the host's time per call (enqueue only): a step
+   whose host time exceeds its GPU time is host-bound, and a per-op timing from an idle GPU measures the host.
+usage: python3 scripts/tune_norm.py
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+
+import roofline.kernels.fused_add_dropout_norm as fused
+import torch
+import torch.nn.functional as F
+
+D, P, EPS = 4096, 0.1, 1e-5
+
+
+def gpu_time(fn, setup=None, reps: int = 30) -> float:
+    """Median GPU time of fn (s): a sleep kernel ahead of each sample lets the host enqueue fn before it runs."""
+    times = []
+    for _ in range(reps):
+        if setup:
+            setup()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(2_000_000)  # ~1 ms at 1.98 GHz: longer than any host enqueue here
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def host_time(fn, setup=None, reps: int = 30) -> float:
+    """Median host time of one call that is not waited for (what launching fn costs the CPU)."""
+    times = []
+    for _ in range(reps):
+        if setup:
+            setup()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def eager(x, r, w, b):
+    h = r + F.dropout(x, P, training=True)
+    return F.layer_norm(h, (D,), w, b, EPS), h
+
+
+def triton_variant():
+    seed = [0]
+
+    def triton(x, r, w, b):
+        seed[0] += 1
+        return fused.fused_add_dropout_norm(x, r, w, b, P, seed[0], EPS, "layernorm")
+
+    return triton
+
+
+def report(name: str, fn, x, r, w, b, leaves, grads) -> None:
+    """GPU and host times of one variant's forward, backward and step."""
+    for _ in range(3):  # compile, autotune
+        torch.autograd.grad(fn(x, r, w, b), leaves, grads)
+    pending = []
+
+    def forward():
+        return fn(x, r, w, b)
+
+    def setup():
+        pending.append(forward())
+
+    def backward():
+        return torch.autograd.grad(pending.pop(), leaves, grads)
+
+    def step():
+        return torch.autograd.grad(forward(), leaves, grads)
+
+    with torch.no_grad():
+        inference = gpu_time(forward)
+    print(f"{name:8s} GPU: forward (no grad) {inference * 1e6:6.1f} µs, forward {gpu_time(forward) * 1e6:6.1f} µs, "
+          f"backward {gpu_time(backward, setup) * 1e6:6.1f} µs, step {gpu_time(step) * 1e6:6.1f} µs | host: "
+          f"forward {host_time(forward) * 1e6:6.1f} µs, backward {host_time(backward, setup) * 1e6:6.1f} µs, "
+          f"step {host_time(step) * 1e6:6.1f} µs")
+
+
+def bench(rows: int, compiled) -> None:
+    x, r = (torch.randn(rows, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    w = torch.randn(D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    b = torch.randn(D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    leaves, grads = [x, r, w, b], [torch.randn_like(x), torch.randn_like(x)]
+    print(f"== rows {rows} × d {D}, bf16, p {P}")
+    triton = triton_variant()
+    pending = []
+    shapes = []
+    for per_sm, warps in itertools.product((1, 2, 4, 8, 16), (4, 8, 16)):
+        fused.BACKWARD_PROGRAMS_PER_SM, fused.BACKWARD_WARPS = per_sm, warps
+        t = gpu_time(lambda: torch.autograd.grad(pending.pop(), leaves, grads),
+                     setup=lambda: pending.append(triton(x, r, w, b)))
+        shapes.append((t, per_sm, warps))
+    shapes.sort()
+    for t, per_sm, warps in shapes[:6]:
+        print(f"backward: {per_sm:2d} programs/SM, {warps:2d} warps: {t * 1e6:7.1f} µs")
+    fused.BACKWARD_PROGRAMS_PER_SM, fused.BACKWARD_WARPS = shapes[0][1], shapes[0][2]
+    for name, fn in (("eager", eager), ("compile", compiled), ("triton", triton)):
+        report(name, fn, x, r, w, b, leaves, grads)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    compiled = torch.compile(eager, dynamic=False)
+    for rows in (4096, 8192):
+        bench(rows, compiled)
+
+
+if __name__ == "__main__":
+    main()
