@@ -93,13 +93,15 @@ def profile(
                                             "default: ncu on PATH).")] = None,
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel ranks (2, 4, 8): one per GPU (or CPU process), "
                                     "each profiling its Megatron shard; results merged.")] = 1,
+    dp: Annotated[int, typer.Option("--dp", help="Data-parallel ranks (--mode train): whole replicas plus the "
+                                    "gradients' all-reduce; results merged.")] = 1,
 ) -> None:
     """Profile every op of one Transformer block on this device and place it on the roofline."""
-    if tp != 1:
+    if tp != 1 or dp != 1:
         from roofline.parallel import run_tp
 
         return run_tp(tp, model, dict(seq_len=seq_len, batch=batch, dtype=dtype, mode=mode, kv_cache_len=kv_len,
-                                      causal=causal), device, csv_list(ops), csv_list(variants), out, json_out,
+                                      causal=causal, dp=dp), device, csv_list(ops), csv_list(variants), out, json_out,
                       csv_out, budget, calibrate, plots, seed, counters or bool(ncu), list(command_line))
     from roofline import counters as counters_pass
     from roofline import device as devices

@@ -56,6 +56,7 @@ class BlockConfig:
     mode: str = "prefill"
     norm_eps: float = 1e-5
     tp: int = 1  # tensor-parallel ranks; when > 1 this config is one rank's shard (see `shard`)
+    dp: int = 1  # data-parallel ranks (train mode): whole replicas, plus the gradients' all-reduce
 
     @property
     def q_len(self) -> int:
@@ -138,7 +139,7 @@ def make_config(model: str = DEFAULT_MODEL, **overrides: object) -> BlockConfig:
 
 def validate(c: BlockConfig) -> BlockConfig:
     """Reject impossible shapes with one clear line (exit code 2), before anything is allocated."""
-    positive = ("d_model", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "batch", "seq_len", "tp")
+    positive = ("d_model", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "batch", "seq_len", "tp", "dp")
     for field in positive:
         value = getattr(c, field)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -155,6 +156,10 @@ def validate(c: BlockConfig) -> BlockConfig:
         raise RooflineError(f"n_heads ({c.n_heads}) must be a multiple of n_kv_heads ({c.n_kv_heads})")
     if not 0.0 <= c.dropout_p < 1.0:
         raise RooflineError(f"dropout_p must be in [0, 1), got {c.dropout_p}")
+    if c.dp > 1 and c.mode != "train":
+        raise RooflineError("--dp needs --mode train: data parallelism adds only the gradients' all-reduce")
+    if c.dp > 1 and c.tp > 1:
+        raise RooflineError("--dp and --tp do not combine yet: profile one of them at a time")
     if c.mode == "train" and c.dtype == "fp8":
         raise RooflineError("train mode has no fp8 path (torch._scaled_mm has no backward); use bf16 or fp16")
     if c.mode == "decode" and c.kv_cache_len <= 0:

@@ -165,7 +165,7 @@ def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: Devi
     phases = _Phases(f"{op.name}·{variant.name}")
     gen = torch.Generator(device=device).manual_seed(settings.seed * 1000 + index)
     inputs = op.make_inputs(c, device, gen)
-    grad_names = train.require_grads(inputs) if c.mode == "train" and op.backward_flops else []
+    grad_names = train.require_grads(inputs) if c.mode == "train" and op.unit != "comm" else []
     fn = variant.build(c, inputs)
     out, row.first_call_s = timer.first_call(fn)
     phases.mark("inputs+first call")

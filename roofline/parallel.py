@@ -208,27 +208,30 @@ class TPJob:
 def run_tp(tp: int, model: str, config: dict[str, object], device: str | None, only: list[str] | None,
            variants: list[str] | None, out: Path | None, json_out: str | None, csv_out: str | None,
            budget: float | None, calibrate: bool, plots: bool, seed: int, counters: bool, argv: list[str]) -> None:
-    """`roofline profile --tp N`: check the input, launch N ranks, then show the merged results."""
+    """`roofline profile --tp N` (or `--dp N`, in config): check the input, launch the ranks, show the merged
+    results. Under --dp every rank profiles a whole replica, and the gradients' all-reduce joins the plan."""
     from roofline import cli
     from roofline import device as devices
     from roofline.config import make_config
 
     t_start = time.perf_counter()
     if counters:
-        raise RooflineError("--counters does not combine with --tp (count one GPU's kernels without --tp)")
+        raise RooflineError("--counters does not combine with --tp/--dp (count one GPU's kernels without them)")
     dev = devices.detect(device)
     if device not in (None, "cpu", "cuda"):
         raise RooflineError(f"--tp runs one rank per GPU cuda:0..N-1: use --device cuda or cpu, not {device}")
     options = {"dtype": "bf16" if dev.kind == "cuda" else "fp32", **{k: v for k, v in config.items() if v is not None}}
     shard = make_config(model, **options).shard(tp)
+    ranks, flag = shard.tp * shard.dp, f"tp{shard.tp}" if shard.tp > 1 else f"dp{shard.dp}"
     if not plan(shard, only, variants):
         raise RooflineError("nothing to measure: --ops/--variants selected no (op, variant) of this model")
-    if dev.kind == "cuda" and torch.cuda.device_count() < tp:
-        raise RooflineError(f"--tp {tp} needs {tp} GPUs; {torch.cuda.device_count()} visible")
+    if dev.kind == "cuda" and torch.cuda.device_count() < ranks:
+        raise RooflineError(f"--{flag[:2]} {ranks} needs {ranks} GPUs; {torch.cuda.device_count()} visible")
     settings = dataclasses.replace(Settings.for_device(dev, budget), seed=seed)
-    out_dir = cli.writable_dir(out or Path(f"{cli.default_out_dir(dev.slug, shard)}-tp{tp}"))
-    cli.info(f"Launching {tp} ranks ({'NCCL' if dev.kind == 'cuda' else 'gloo'}), each profiling 1/{tp} of the block")
-    launch(tp, profile_rank, TPJob(shard, dev.kind, only, variants, settings, out_dir, argv, calibrate))
+    out_dir = cli.writable_dir(out or Path(f"{cli.default_out_dir(dev.slug, shard)}-{flag}"))
+    what = f"1/{tp} of the block" if tp > 1 else "a whole replica of the block"
+    cli.info(f"Launching {ranks} ranks ({'NCCL' if dev.kind == 'cuda' else 'gloo'}), each profiling {what}")
+    launch(ranks, profile_rank, TPJob(shard, dev.kind, only, variants, settings, out_dir, argv, calibrate))
     res = results.load(out_dir)
     res.run["wall_s"] = time.perf_counter() - t_start
     results.save(res, out_dir)
@@ -254,7 +257,7 @@ def profile_rank(job: TPJob) -> None:
         say(f"interconnect roof: all-reduce bus bandwidth {fmt.bandwidth(roofs.interconnect_bandwidth)} "
             f"({roofs.interconnect_source})")
         res = Results(run=measure.run_metadata(job.config, info, roofs, job.settings, job.argv, measured))
-        res.run.update(tp=n, backend=dist.get_backend(), interconnect=link)
+        res.run.update(tp=job.config.tp, dp=job.config.dp, ranks=n, backend=dist.get_backend(), interconnect=link)
         plain = Timer(info.torch_device, info.l2_bytes, info.max_sm_clock_mhz or 0)
         collective = CollectiveTimer(info.torch_device, info.l2_bytes)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = job.config.dtype == "tf32"

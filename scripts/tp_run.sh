@@ -2,7 +2,9 @@
 # Tensor-parallel runs on one 4-GPU machine (issue #8), packed into $OUT/tp.tgz; about 3–5 minutes on 4×H100:
 #   1. the interconnect roof: all-reduce / all-gather / reduce-scatter bus bandwidth over 2 and 4 GPUs (1 GiB, NCCL);
 #   2. `roofline profile` of gpt-7b at seq 8192 with TP = 1, 2, 4 (TP > 1: one rank per GPU, NVLink multicast off);
-#   3. `roofline tp-scaling` of TP=2 and TP=4 against TP=1.
+#   3. `roofline tp-scaling` of TP=2 and TP=4 against TP=1;
+#   4. train mode at TRAIN_SEQ (4096): data parallelism over 4 GPUs (`--dp 4`, whole replicas plus the gradients'
+#      all-reduce) and tensor parallelism over 4 (`--tp 4`, forward and backward all-reduces).
 # usage: scripts/tp_run.sh     env: SEQ (8192), MODEL (gpt-7b), BUDGET (0.3 s per variant),
 #        VARIANTS (every variant but torch.compile's, whose first call is slow; "" = all), STEP_TIMEOUT (170 s)
 set -uo pipefail
@@ -31,5 +33,10 @@ done
 for tp in 2 4; do
   step "scaling-tp$tp" env COLUMNS=140 python3 -m roofline tp-scaling "$R/$MODEL-s$SEQ-tp1/results.json" \
     "$R/$MODEL-s$SEQ-tp$tp/results.json"
+done
+targs=(--model "$MODEL" --seq-len "${TRAIN_SEQ:-4096}" --budget "$BUDGET" --mode train)
+[ -n "$VARIANTS" ] && targs+=(--variants "$VARIANTS")
+for par in dp tp; do
+  step "train-${par}4" python3 -m roofline profile --$par 4 "${targs[@]}" --out "$R/$MODEL-train-s${TRAIN_SEQ:-4096}-${par}4"
 done
 tar czf "${OUT:-/tmp/out}/tp.tgz" -C "${OUT:-/tmp/out}" tp && rm -rf "$R"

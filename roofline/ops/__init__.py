@@ -15,11 +15,11 @@ from roofline.ops.base import Op, Variant
 _BY_NAME = {op.name: op for op in (*norm.OPS, *attention.OPS, *ffn.OPS, *moe.OPS, *comm.OPS)}
 
 # Block order: norm → QKV → attention core → out proj (→ its all-reduce) → dropout/residual (+ fused) → FFN
-# (dense, or MoE router and experts) → FFN-down's all-reduce.
+# (dense, or MoE router and experts) → FFN-down's all-reduce → (train, --dp) the gradients' all-reduce.
 BLOCK_ORDER: tuple[Op, ...] = tuple(_BY_NAME[name] for name in (
     "layernorm", "rmsnorm", "qkv_proj", "qk_t", "softmax", "attn_v", "attention", "out_proj", "allreduce_out_proj",
     "dropout", "residual_add", "residual_dropout_norm", "ffn_up", "gelu", "swiglu", "ffn_down",
-    "moe_router", "moe_experts", "allreduce_ffn_down",
+    "moe_router", "moe_experts", "allreduce_ffn_down", "allreduce_grads",
 ))
 assert len(BLOCK_ORDER) == len(_BY_NAME), "every declared op must have a place in the block order"
 

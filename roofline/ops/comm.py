@@ -20,11 +20,17 @@ Conventions, those of NCCL-tests ("bus bandwidth"), for a buffer of S bytes (E e
 - The element type is the projection's output type (bf16 under fp8, which writes bf16). The all-reduce works in
   place, as Megatron's does: timing calls keep reducing the same buffer (its values grow ×n per call,
   harmless for the time; the check reads the first call).
+- Train mode (`--mode train`): each TP all-reduce row is the step's pair, the forward's all-reduce of the
+  partial outputs and the backward's of the input gradient at the column-parallel layer that starts the
+  sub-layer (Megatron's conjugate f and g), the same [T, d_model] size. Under data parallelism
+  (`profile --dp N`) the ranks hold whole replicas and one more collective runs: the all-reduce of the block's
+  weight gradients (DDP's, here one bucket, not overlapped with the backward as DDP would), in the run's dtype.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -38,9 +44,34 @@ _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_t
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
+@dataclass(frozen=True)
+class Buffer:
+    """The [rows, d_model] tensor a collective moves, and the ranks it spans."""
+
+    rows: Callable[[BlockConfig], int]
+    ranks: Callable[[BlockConfig], int]
+
+    def elements(self, c: BlockConfig) -> int:
+        return self.rows(c) * c.d_model
+
+
+def parameter_rows(c: BlockConfig) -> int:
+    """The block's parameters in rows of d_model: every weight matrix has d_model on one side (QKV, output,
+    FFN up and down, the router and experts of a MoE block), plus the norms' weight (and bias) vectors."""
+    from roofline.ops.ffn import up_width
+
+    ffn = up_width(c) + c.ffn_dim
+    ffn = c.n_experts * (ffn + 1) if c.n_experts else ffn
+    return c.qkv_dim + c.attn_dim + ffn + 2 * (2 if c.norm == "layernorm" else 1)
+
+
+ACTIVATION = Buffer(lambda c: c.tokens, lambda c: c.tp)  # TP: a [T, d_model] activation over the tp ranks
+GRADIENTS = Buffer(parameter_rows, lambda c: c.dp)  # DP: the block's weight gradients over the dp ranks
+
+
 def elements(c: BlockConfig) -> int:
-    """E: the [tokens, d_model] activation a collective moves (the all-reduced, gathered or scattered whole)."""
-    return c.tokens * c.d_model
+    """E: the [tokens, d_model] activation a TP collective moves (the all-reduced, gathered or scattered whole)."""
+    return ACTIVATION.elements(c)
 
 
 def rank() -> int:
@@ -48,15 +79,16 @@ def rank() -> int:
 
 
 def needs_ranks(c: BlockConfig, device: torch.device) -> str | None:
-    """A collective needs the process group of `profile --tp` with exactly tp ranks."""
-    if dist.is_initialized() and dist.get_world_size() == c.tp:
+    """A collective needs the process group of `profile --tp/--dp` with exactly tp·dp ranks."""
+    if dist.is_initialized() and dist.get_world_size() == c.tp * c.dp:
         return None
-    return f"needs {c.tp} ranks in a process group (roofline profile --tp {c.tp})"
+    flag = f"--dp {c.dp}" if c.dp > 1 else f"--tp {c.tp}"
+    return f"needs {c.tp * c.dp} ranks in a process group (roofline profile {flag})"
 
 
-def _base(c: BlockConfig, device: torch.device, gen: torch.Generator) -> torch.Tensor:
+def _base(c: BlockConfig, buf: Buffer, device: torch.device, gen: torch.Generator) -> torch.Tensor:
     dtype = FP8_OUT_DTYPE if c.dtype == "fp8" else TORCH_DTYPES[c.dtype]
-    return torch.randn((c.tokens, c.d_model), device=device, dtype=dtype, generator=gen)
+    return torch.randn((buf.rows(c), c.d_model), device=device, dtype=dtype, generator=gen)
 
 
 def rank_rows(base: torch.Tensor, r: int, rows: torch.Tensor) -> torch.Tensor:
@@ -64,22 +96,30 @@ def rank_rows(base: torch.Tensor, r: int, rows: torch.Tensor) -> torch.Tensor:
     return (base.index_select(0, rows.to(base.device)) * (r + 1)).double()
 
 
-def _full_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
-    base = _base(c, device, gen)
-    return {"base": base, "x": base * (rank() + 1)}
+def _full_inputs(buf: Buffer):  # type: ignore[no-untyped-def]
+    def make(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+        base = _base(c, buf, device, gen)
+        inputs = {"base": base, "x": base * (rank() + 1)}
+        if c.mode == "train" and buf is ACTIVATION:  # the backward's all-reduce: the input gradient
+            inputs["grad"] = inputs["x"].clone()
+        return inputs
+
+    return make
 
 
 def _chunk_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
     """All-gather: this rank's contiguous tokens/n rows; the gathered output is every rank's, in rank order."""
-    base, chunk = _base(c, device, gen), c.tokens // c.tp
+    base, chunk = _base(c, ACTIVATION, device, gen), c.tokens // c.tp
     return {"base": base, "x": base[rank() * chunk:(rank() + 1) * chunk] * (rank() + 1)}
 
 
 def _all_reduce(c: BlockConfig, i: Inputs):
-    x = i["x"]
+    x, grad = i["x"], i.get("grad")
 
     def run() -> torch.Tensor:
         dist.all_reduce(x)
+        if grad is not None:
+            dist.all_reduce(grad)
         return x
 
     return run
@@ -97,8 +137,8 @@ def _reduce_scatter_build(c: BlockConfig, i: Inputs):
     return lambda: (_reduce_scatter(out, x), out)[1]
 
 
-def _sum_reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Tensor:
-    return sum(rank_rows(i["base"], r, rows) for r in range(c.tp))  # type: ignore[return-value]
+def _sum_reference(buf: Buffer):  # type: ignore[no-untyped-def]
+    return lambda c, i, rows: sum(rank_rows(i["base"], r, rows) for r in range(buf.ranks(c)))
 
 
 def _gather_reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Tensor:
@@ -111,40 +151,52 @@ def _gather_reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Te
 
 
 def _scatter_reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Tensor:
-    return _sum_reference(c, i, rows + rank() * (c.tokens // c.tp))
+    return _sum_reference(ACTIVATION)(c, i, rows + rank() * (c.tokens // c.tp))
 
 
-def _bus_bytes(factor: int) -> Callable[[BlockConfig], int]:
+def _bus_bytes(factor: int, buf: Buffer = ACTIVATION) -> Callable[[BlockConfig], int]:
     """factor·(n−1)/n·S: NCCL-tests' bus bytes of a collective over a buffer of S = E·bytes."""
-    return lambda c: factor * (c.tp - 1) * elements(c) * out_bytes(c) // c.tp
+    return lambda c: factor * (buf.ranks(c) - 1) * buf.elements(c) * out_bytes(c) // buf.ranks(c)
+
+
+def _reduce_adds(buf: Buffer = ACTIVATION) -> Callable[[BlockConfig], int]:
+    return lambda c: (buf.ranks(c) - 1) * buf.elements(c) // buf.ranks(c)
 
 
 def _collective(name: str, call: str, doc: str, build, reference, make_inputs,  # type: ignore[no-untyped-def]
-                flops: Callable[[BlockConfig], int], bus_factor: int, flops_formula: str, bytes_formula: str) -> Op:
+                flops: Callable[[BlockConfig], int], bus_factor: int, flops_formula: str, bytes_formula: str,
+                buf: Buffer = ACTIVATION, **train: object) -> Op:
     return Op(
-        name=name, group="comm", unit="comm", flops=flops, min_bytes=_bus_bytes(bus_factor),
+        name=name, group="comm", unit="comm", flops=flops, min_bytes=_bus_bytes(bus_factor, buf),
         make_inputs=make_inputs, reference=reference,
         variants=(Variant("torch", build, requires=needs_ranks, dtypes=tuple(TORCH_DTYPES),
                           doc=f"torch.distributed.{call} (NCCL on GPUs, gloo on the CPU)"),),
-        flops_formula=flops_formula, bytes_formula=bytes_formula, doc=doc, applies=lambda c: c.tp > 1,
+        flops_formula=flops_formula, bytes_formula=bytes_formula, doc=doc,
+        applies=lambda c: buf.ranks(c) > 1 and (buf is ACTIVATION or c.mode == "train"), **train,  # type: ignore
     )
-
-
-def _reduce_adds(c: BlockConfig) -> int:
-    return (c.tp - 1) * elements(c) // c.tp
 
 
 def _all_reduce_op(name: str, after: str) -> Op:
     return _collective(
         name, "all_reduce",
         f"All-reduce of the {after} partial sums: every rank gets the sum of the n ranks' [T, d_model].",
-        _all_reduce, _sum_reference, _full_inputs, _reduce_adds, 2,
+        _all_reduce, _sum_reference(ACTIVATION), _full_inputs(ACTIVATION), _reduce_adds(), 2,
         "(n−1)/n·T·d_model  (this rank's share of the reduction adds)",
-        "2·(n−1)/n·T·d_model·bytes  (NCCL bus bytes: reduce-scatter then all-gather)")
+        "2·(n−1)/n·T·d_model·bytes  (NCCL bus bytes: reduce-scatter then all-gather)",
+        backward_flops=_reduce_adds(), backward_bytes=_bus_bytes(2),
+        backward_flops_formula="(n−1)/n·T·d_model  (the conjugate all-reduce of the input gradient)",
+        backward_bytes_formula="2·(n−1)/n·T·d_model·bytes  (the same size as the forward's)")
 
 
 ALLREDUCE_OUT_PROJ = _all_reduce_op("allreduce_out_proj", "output projection's")
 ALLREDUCE_FFN_DOWN = _all_reduce_op("allreduce_ffn_down", "FFN-down's")
+
+ALLREDUCE_GRADS = _collective(
+    "allreduce_grads", "all_reduce",
+    "Data parallelism: the all-reduce of the block's weight gradients, every rank's replica then holds their sum.",
+    _all_reduce, _sum_reference(GRADIENTS), _full_inputs(GRADIENTS), _reduce_adds(GRADIENTS), 2,
+    "(n−1)/n·P  (P = the block's parameters; this rank's share of the reduction adds)",
+    "2·(n−1)/n·P·bytes  (NCCL bus bytes; gradients in the run's dtype)", buf=GRADIENTS)
 
 ALL_GATHER = _collective(
     "all_gather", "all_gather_into_tensor",
@@ -155,11 +207,11 @@ ALL_GATHER = _collective(
 REDUCE_SCATTER = _collective(
     "reduce_scatter", "reduce_scatter_tensor",
     "Reduce-scatter: the sum of the ranks' [T, d_model], each rank keeping its T/n rows.",
-    _reduce_scatter_build, _scatter_reference, _full_inputs, _reduce_adds, 1,
+    _reduce_scatter_build, _scatter_reference, _full_inputs(ACTIVATION), _reduce_adds(), 1,
     "(n−1)/n·T·d_model  (this rank's share of the reduction adds)",
     "(n−1)/n·T·d_model·bytes  (NCCL bus bytes; S = the whole input)")
 
-# The block's collectives (ops/__init__.py places them in the block order, after the projections they sum), and
-# those `calibrate_interconnect` measures.
-OPS = (ALLREDUCE_OUT_PROJ, ALLREDUCE_FFN_DOWN)
+# The block's collectives (ops/__init__.py places them in the block order, after the projections they sum, the
+# gradients' all-reduce last), and those `calibrate_interconnect` measures.
+OPS = (ALLREDUCE_OUT_PROJ, ALLREDUCE_FFN_DOWN, ALLREDUCE_GRADS)
 COLLECTIVES = {"all_reduce": ALLREDUCE_OUT_PROJ, "all_gather": ALL_GATHER, "reduce_scatter": REDUCE_SCATTER}
