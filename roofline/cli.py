@@ -203,30 +203,36 @@ def list_ops(
     dtype: Annotated[str, typer.Option(help="Dtype for the example bytes.")] = "bf16",
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel ranks: list one rank's shard of the block, "
                                     "with its all-reduces.")] = 1,
+    mode: Annotated[str, typer.Option(help="prefill or train: train adds each op's backward formulas, and its "
+                                      "numbers are forward + backward.")] = "prefill",
 ) -> None:
     """The op catalog: every op, its FLOPs and bytes formulas, its variants, with numbers for one shape."""
+    from rich.markup import escape
     from rich.table import Table
 
     from roofline import fmt
     from roofline.config import make_config
     from roofline.ops import ops_for
 
-    full = make_config(model, seq_len=seq_len, dtype=dtype)
+    full = make_config(model, seq_len=seq_len, dtype=dtype, mode=mode)
     c = full.shard(tp)
     shard = (f" · TP={tp}, one rank's shard: {c.n_heads} of {full.n_heads} heads, FFN {c.ffn_dim} of {full.ffn_dim}"
              if tp > 1 else "")
-    t = Table(title=f"Op catalog · {c.name} · seq {c.seq_len} · {c.dtype}{shard}", header_style="bold",
+    t = Table(title=f"Op catalog · {c.name} · {c.mode} · seq {c.seq_len} · {c.dtype}{shard}", header_style="bold",
               show_lines=True)
     for col in ("op", "unit", "FLOPs", "min bytes", "AI", "variants", "formulas"):
         t.add_column(col, overflow="fold")
     for op in ops_for(c):
         variants = ", ".join(v.name + (" ⚡" if v.fused else "") for v in op.variants)
         formulas = f"{op.doc}\nFLOPs = {op.flops_formula}\nbytes = {op.bytes_formula}"
+        if c.mode == "train" and op.backward_flops_formula:
+            formulas += f"\nbackward FLOPs = {op.backward_flops_formula}\nbackward bytes = {op.backward_bytes_formula}"
         if op.replaces:
             formulas += f"\nreplaces: {' → '.join(n for n in op.replaces)}"
-        nbytes = fmt.nbytes(op.min_bytes(c)) + (" bus" if op.unit == "comm" else "")
-        t.add_row(op.name + (f" ×{op.per_block}" if op.per_block > 1 else ""), op.unit, fmt.flops(op.flops(c)),
-                  nbytes, fmt.intensity(op.flops(c) / op.min_bytes(c)), variants, formulas)
+        flops, nbytes = op.step_flops(c), op.step_bytes(c)
+        t.add_row(op.name + (f" ×{op.per_block}" if op.per_block > 1 else ""), op.unit, fmt.flops(flops),
+                  fmt.nbytes(nbytes) + (" bus" if op.unit == "comm" else ""), fmt.intensity(flops / nbytes),
+                  variants, escape(formulas))  # formulas hold [b, h, q, kv]: text, not rich markup
     t.caption = (f"n = {tp} ranks. Shapes are one rank's; a collective's bytes are NCCL bus bytes, what each rank "
                  "sends over its links (its roof: the interconnect's bus bandwidth)." if tp > 1 else
                  "Collectives (the all-reduces after out_proj and ffn_down) appear with --tp N.")

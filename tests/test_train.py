@@ -212,3 +212,12 @@ def test_the_backward_is_timed_over_a_fresh_forward_each_sample(run, small_confi
     row = run(op, variant, small_config(mode="train"))
     assert row.status == "ok", row.note
     assert row.backward_time_s > 0 and row.backward_samples >= SETTINGS.min_samples
+
+
+def test_ops_in_train_mode_lists_backward_formulas(capsys) -> None:
+    from roofline.cli import main
+
+    assert main(["ops", "--mode", "train", "--seq-len", "4096"]) == 0
+    out = capsys.readouterr().out
+    assert "backward FLOPs = 4·T·K·N" in out and "1.24 TFLOP" in out  # qkv_proj: 3 × 412 GFLOP
+    assert "[b, h, q, kv]" in out  # formulas are text, not rich markup
