@@ -15,25 +15,11 @@ the storage dtype. The dropout mask comes from a counter-based Philox generator 
 contiguous quarters that share one call; a per-element ``tl.rand`` costs four times the integer
 work and, on H100, about half the bandwidth.
 
-Backward (autograd, when x, residual, weight or bias requires grad). The forward then also writes the
-per-row mean and rstd (fp32, 2·rows·4 bytes; a constexpr flag keeps the forward-only kernel as it was),
-and saves them with new_residual (an output anyway). The dropout mask is not stored: the backward
-regenerates it from (seed, row, column) with the forward's own Philox call, which saves the rows·d
-mask bytes a framework dropout keeps. With g = d_out·w and x̂ = (h − mean)·rstd:
-
-    LayerNorm  dh = rstd·(g − mean(g) − x̂·mean(g·x̂)) + d_new_residual      RMSNorm: no mean(g)
-    d_residual = dh,   dx = dh·keep/(1 − p),   d_weight = Σ_rows d_out·x̂,   d_bias = Σ_rows d_out
-
-Each program owns a run of rows; its d_weight / d_bias shares (2·d fp32) stay in registers, then go to an
-fp32 [programs, d] buffer that torch sums: deterministic, no atomics. Per row, pass 1 reads the row for the
-two means, pass 2 re-reads it (L1/L2) and writes, both by Philox quarters. ptxas (sm_90) reports no spills
-up to d = 8192; wider rows spill some (at d = 32768 the shares alone would fill an SM's register file).
-
-    reads  3·rows·d elements (new_residual, d_out, d_new_residual) + d (weight) + 2·rows fp32 (mean, rstd)
-    writes 2·rows·d elements (dx, d_residual) + 2·programs·d fp32 partial sums (then summed to 2·d)
-    FLOPs  15·rows·d for LayerNorm with bias, dropout and both output grads: x̂ 2, g 1, Σg 1, Σg·x̂ 2, dh 4,
-           + d_new_residual 1, dropout scale 1, d_weight 2, d_bias 1. RMSNorm: 11 (x̂ 1, no Σg, dh 3), 12 with a
-           bias. The math only: pass 2 recomputing x̂ and g is not counted.
+Backward (autograd, when x, residual, weight or bias requires grad): kernels/fused_add_dropout_norm_backward.py.
+The forward then also writes the per-row mean and rstd (fp32, 2·rows·4 bytes; a constexpr flag keeps the
+forward-only kernel as it was) and saves them with new_residual (an output anyway). The dropout mask is not
+stored: the backward regenerates it from (seed, row, column) with this file's Philox call, which saves the
+rows·d mask bytes a framework dropout keeps. Backward FLOPs: 15·rows·d for LayerNorm with bias (11 for RMSNorm).
 """
 
 import os
@@ -47,7 +33,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # Triton runs kernel
 MAX_COLS = 32768  # the whole row lives in registers: past this it would spill
 NORMS = ("layernorm", "rmsnorm")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-BACKWARD_PROGRAMS_PER_SM, BACKWARD_WARPS = 2, 0  # backward launch shape (0 warps: by row width); scripts/tune_norm.py
 
 
 @triton.jit
@@ -141,87 +126,6 @@ def _fused_add_dropout_norm_kernel(
     _normalize(OUT, W, B, q + 3 * QUARTER, n_cols, h3, mean, rstd, HAS_BIAS)
 
 
-@triton.jit
-def _backward_quarter(NEW_R, DOUT, DNEW_R, W, DX, DR, cols, n_cols, mean, rstd, mean_g, mean_gx,
-                      random, keep_threshold, dropout_scale, HAS_DOUT: tl.constexpr, HAS_DNEW_R: tl.constexpr,
-                      HAS_DROPOUT: tl.constexpr, STORE_DX: tl.constexpr, STORE_DR: tl.constexpr):
-    """One quarter of a row: dh = rstd·(g − mean(g) − x̂·mean(g·x̂)) + d_new_residual, dx = dh·keep/(1 − p)."""
-    in_row = cols < n_cols
-    dh = tl.full(cols.shape, 0.0, tl.float32)
-    if HAS_DOUT:
-        h = tl.load(NEW_R + cols, mask=in_row, other=0.0).to(tl.float32)
-        g = tl.load(DOUT + cols, mask=in_row, other=0.0).to(tl.float32) * tl.load(W + cols, mask=in_row).to(tl.float32)
-        dh = rstd * (g - mean_g - (h - mean) * rstd * mean_gx)
-    if HAS_DNEW_R:
-        dh += tl.load(DNEW_R + cols, mask=in_row, other=0.0).to(tl.float32)
-    if STORE_DR:
-        tl.store(DR + cols, dh.to(DR.dtype.element_ty), mask=in_row)
-    if STORE_DX:
-        if HAS_DROPOUT:
-            dh = tl.where(_keep(random, keep_threshold), dh * dropout_scale, 0.0)
-        tl.store(DX + cols, dh.to(DX.dtype.element_ty), mask=in_row)
-
-
-@triton.jit
-def _grad_sums_quarter(NEW_R, DOUT, W, cols, n_cols, mean, rstd, dw, db):
-    """One quarter of a row: (Σg, Σg·x̂) and the d_weight, d_bias shares plus d_out·x̂ and d_out."""
-    in_row = cols < n_cols
-    h = tl.load(NEW_R + cols, mask=in_row, other=0.0).to(tl.float32)
-    d_out = tl.load(DOUT + cols, mask=in_row, other=0.0).to(tl.float32)
-    x_hat = tl.where(in_row, (h - mean) * rstd, 0.0)
-    g = d_out * tl.load(W + cols, mask=in_row, other=0.0).to(tl.float32)
-    return tl.sum(g, axis=0), tl.sum(g * x_hat, axis=0), dw + d_out * x_hat, db + d_out
-
-
-@triton.jit
-def _store_quarters(PTR, q, n_cols, v0, v1, v2, v3, QUARTER: tl.constexpr):
-    for k in tl.static_range(4):
-        tl.store(PTR + q + k * QUARTER, _pick(v0, v1, v2, v3, k), mask=q + k * QUARTER < n_cols)
-
-
-@triton.jit(do_not_specialize=["seed", "keep_threshold"])
-def _fused_add_dropout_norm_backward_kernel(
-    NEW_R, DOUT, DNEW_R, W, MEAN, RSTD, DX, DR, DW_PART, DB_PART,
-    n_rows, n_cols, rows_per_program, seed, keep_threshold, dropout_scale,
-    QUARTER: tl.constexpr, HAS_DOUT: tl.constexpr, HAS_DNEW_R: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    STORE_DX: tl.constexpr, STORE_DR: tl.constexpr, STORE_DW: tl.constexpr, STORE_DB: tl.constexpr,
-    IS_RMS: tl.constexpr,
-):
-    program = tl.program_id(0)
-    q = tl.arange(0, QUARTER)
-    zero = tl.zeros([QUARTER], tl.float32)
-    dw0, dw1, dw2, dw3, db0, db1, db2, db3 = zero, zero, zero, zero, zero, zero, zero, zero
-    row_start = program * rows_per_program
-    for i in tl.range(0, tl.minimum(rows_per_program, n_rows - row_start)):
-        row = row_start + i  # int32, as the forward's program id: the same Philox offsets
-        offset = row.to(tl.int64) * n_cols
-        rstd = tl.load(RSTD + row)
-        mean = 0.0 if IS_RMS else tl.load(MEAN + row)
-        mean_g = 0.0
-        mean_gx = 0.0
-        if HAS_DOUT:
-            # pass 1: read new_residual and d_out; mean(g), mean(g·x̂) and this program's d_weight, d_bias shares
-            NR, DO = NEW_R + offset, DOUT + offset
-            s0, sx0, dw0, db0 = _grad_sums_quarter(NR, DO, W, q, n_cols, mean, rstd, dw0, db0)
-            s1, sx1, dw1, db1 = _grad_sums_quarter(NR, DO, W, q + QUARTER, n_cols, mean, rstd, dw1, db1)
-            s2, sx2, dw2, db2 = _grad_sums_quarter(NR, DO, W, q + 2 * QUARTER, n_cols, mean, rstd, dw2, db2)
-            s3, sx3, dw3, db3 = _grad_sums_quarter(NR, DO, W, q + 3 * QUARTER, n_cols, mean, rstd, dw3, db3)
-            mean_gx = (sx0 + sx1 + sx2 + sx3) / n_cols
-            if not IS_RMS:
-                mean_g = (s0 + s1 + s2 + s3) / n_cols
-        # pass 2: re-read (L1/L2), read d_new_residual, write d_residual and dx (mask regenerated per quarter)
-        r0, r1, r2, r3 = _philox_quarters(seed, row, q, QUARTER, HAS_DROPOUT)
-        for k in tl.static_range(4):
-            _backward_quarter(NEW_R + offset, DOUT + offset, DNEW_R + offset, W, DX + offset, DR + offset,
-                              q + k * QUARTER, n_cols, mean, rstd, mean_g, mean_gx, _pick(r0, r1, r2, r3, k),
-                              keep_threshold, dropout_scale, HAS_DOUT, HAS_DNEW_R, HAS_DROPOUT, STORE_DX, STORE_DR)
-    # write this program's fp32 partial sums of d_weight and d_bias
-    if STORE_DW:
-        _store_quarters(DW_PART + program * n_cols, q, n_cols, dw0, dw1, dw2, dw3, QUARTER)
-    if STORE_DB:
-        _store_quarters(DB_PART + program * n_cols, q, n_cols, db0, db1, db2, db3, QUARTER)
-
-
 def fused_add_dropout_norm(
     x: torch.Tensor,
     residual: torch.Tensor,
@@ -306,40 +210,6 @@ def _forward(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias
     return out, new_residual, mean, rstd
 
 
-def _backward(new_residual: torch.Tensor, mean: torch.Tensor | None, rstd: torch.Tensor, weight: torch.Tensor,
-              bias: torch.Tensor | None, d_out: torch.Tensor | None, d_new_residual: torch.Tensor | None,
-              p: float, seed: int, needs: tuple[bool, ...]):
-    """(dx, d_residual, d_weight, d_bias), None where not needed; d_out or d_new_residual may be None (zero)."""
-    need_x, need_r, need_w, need_b = needs[:4]
-    need_w, need_b = need_w and d_out is not None, need_b and d_out is not None and bias is not None
-    n_cols = new_residual.shape[-1]
-    n_rows = new_residual.numel() // n_cols
-    dx = torch.empty_like(new_residual) if need_x else None
-    dr = torch.empty_like(new_residual) if need_r else None
-    device = new_residual.device  # BACKWARD_PROGRAMS_PER_SM per SM, each over a run of rows (8 when interpreted)
-    programs = (BACKWARD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
-                if device.type == "cuda" else 8)
-    rows_per_program = triton.cdiv(n_rows, max(min(programs, n_rows), 1))
-    n_programs = triton.cdiv(n_rows, rows_per_program) if n_rows else 1
-    part = [torch.zeros(n_programs, n_cols, device=device, dtype=torch.float32) if need else None
-            for need in (need_w, need_b)]
-    if n_rows and (need_x or need_r or need_w or need_b):
-        block = _block(n_cols)
-        keep_threshold, dropout_scale = _dropout_args(p)
-        ptr = [t.contiguous() if t is not None else new_residual for t in (d_out, d_new_residual, mean, dx, dr)]
-        _fused_add_dropout_norm_backward_kernel[(n_programs,)](
-            new_residual, ptr[0], ptr[1], weight.contiguous(), ptr[2], rstd, ptr[3], ptr[4],
-            part[0] if need_w else rstd, part[1] if need_b else rstd,
-            n_rows, n_cols, rows_per_program, seed, keep_threshold, dropout_scale,
-            QUARTER=block // 4, HAS_DOUT=d_out is not None, HAS_DNEW_R=d_new_residual is not None,
-            HAS_DROPOUT=p > 0.0, STORE_DX=need_x, STORE_DR=need_r, STORE_DW=need_w, STORE_DB=need_b,
-            IS_RMS=mean is None, num_warps=BACKWARD_WARPS or min(max(block // 512, 4), 32),  # 8 for d = 4096
-        )
-    d_weight = part[0].sum(0).to(weight.dtype) if need_w else None
-    d_bias = part[1].sum(0).to(bias.dtype) if need_b else None
-    return dx, dr, d_weight, d_bias
-
-
 class _FusedAddDropoutNorm(torch.autograd.Function):
     """Saves new_residual, weight and the per-row fp32 mean and rstd; the dropout mask is regenerated."""
 
@@ -356,8 +226,8 @@ class _FusedAddDropoutNorm(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_out: torch.Tensor | None, d_new_residual: torch.Tensor | None) -> tuple:
         new_residual, mean, rstd, weight, bias = ctx.saved_tensors
-        grads = _backward(new_residual, mean, rstd, weight, bias, d_out, d_new_residual, *ctx.dropout,
-                          ctx.needs_input_grad)
+        grads = _backward.backward(new_residual, mean, rstd, weight, bias, d_out, d_new_residual, *ctx.dropout,
+                                   ctx.needs_input_grad)
         return (*grads, None, None, None, None)
 
 
@@ -399,3 +269,7 @@ def fused_add_dropout_norm_reference(
         out = out + bias.to(dtype)
     return out, new_residual
 
+
+# The backward lives in its own module and uses this one's Philox helpers: imported last, as a module, so that
+# either module can be imported first.
+from . import fused_add_dropout_norm_backward as _backward  # noqa: E402

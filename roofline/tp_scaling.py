@@ -40,8 +40,9 @@ def split_line(res: Results) -> str:
     total = sum(split.values())
     if not total:
         return ""
-    n = ranks(res)
-    return (f"TP={n} block{' (slowest rank per op)' if n != 1 else ''}: {fmt.seconds(total)}, "
+    n, dp = ranks(res), int(res.run.get("dp") or 1)  # type: ignore[call-overload]
+    label = f"DP={dp}" if dp > 1 else f"TP={n}"
+    return (f"{label} block{' (slowest rank per op)' if n != 1 or dp > 1 else ''}: {fmt.seconds(total)}, "
             f"{split_text(split, comm=True)}")
 
 

@@ -1,7 +1,9 @@
 """Tune and diagnose the fused residual + dropout + norm kernel's training step on a GPU (not part of the tool).
 
 For [rows, 4096] bf16 (rows 4096 and 8192), prints:
-1. the backward kernel's GPU time for each launch shape (programs per SM × warps), the winner first;
+1. the backward's GPU time (kernel + the partial sums' torch sum) for each launch shape in
+   kernels/fused_add_dropout_norm_backward.py (warps; rows per column-sum split; column-sum tile), the six
+   best first with their bandwidth over the compulsory 5·rows·d elements, then keeps the best;
 2. for eager, torch.compile and our Triton variant: forward, backward and step GPU time (CUDA events behind a
    blocking sleep, so the host's launch time is hidden) and the host's time per call (enqueue only): a step
    whose host time exceeds its GPU time is host-bound, and a per-op timing from an idle GPU measures the host.
@@ -15,10 +17,13 @@ import statistics
 import time
 
 import roofline.kernels.fused_add_dropout_norm as fused
+import roofline.kernels.fused_add_dropout_norm_backward as fused_backward
 import torch
 import torch.nn.functional as F
 
 D, P, EPS = 4096, 0.1, 1e-5
+KNOBS = ("BACKWARD_WARPS", "BACKWARD_SPLIT_ROWS", "BACKWARD_COL_BLOCK", "BACKWARD_ROW_BLOCK")
+WARPS, SPLIT_ROWS, TILES = (4, 8, 16), (128, 256, 512, 1024, 0), ((32, 64), (64, 32), (64, 64), (128, 16), (128, 32))
 
 
 def gpu_time(fn, setup=None, reps: int = 30) -> float:
@@ -101,16 +106,28 @@ def bench(rows: int, compiled) -> None:
     print(f"== rows {rows} × d {D}, bf16, p {P}")
     triton = triton_variant()
     pending = []
-    shapes = []
-    for per_sm, warps in itertools.product((1, 2, 4, 8, 16), (4, 8, 16)):
-        fused.BACKWARD_PROGRAMS_PER_SM, fused.BACKWARD_WARPS = per_sm, warps
-        t = gpu_time(lambda: torch.autograd.grad(pending.pop(), leaves, grads),
-                     setup=lambda: pending.append(triton(x, r, w, b)))
-        shapes.append((t, per_sm, warps))
-    shapes.sort()
-    for t, per_sm, warps in shapes[:6]:
-        print(f"backward: {per_sm:2d} programs/SM, {warps:2d} warps: {t * 1e6:7.1f} µs")
-    fused.BACKWARD_PROGRAMS_PER_SM, fused.BACKWARD_WARPS = shapes[0][1], shapes[0][2]
+    timed: dict[tuple[int, ...], float] = {}
+
+    def backward_time(shape: tuple[int, ...]) -> float:
+        if shape not in timed:
+            for knob, value in zip(KNOBS, shape, strict=True):
+                setattr(fused_backward, knob, value)
+            torch.autograd.grad(triton(x, r, w, b), leaves, grads)  # compile this shape outside the timing
+            timed[shape] = gpu_time(lambda: torch.autograd.grad(pending.pop(), leaves, grads),
+                                    setup=lambda: pending.append(triton(x, r, w, b)))
+        return timed[shape]
+
+    # warps × rows per split at the default tile, then the tiles of the column sums at the best of those
+    default_tile = (fused_backward.BACKWARD_COL_BLOCK, fused_backward.BACKWARD_ROW_BLOCK)
+    best = min(itertools.product(WARPS, SPLIT_ROWS, [default_tile[0]], [default_tile[1]]), key=backward_time)
+    best = min(((*best[:2], *tile) for tile in TILES), key=backward_time)
+    compulsory_bytes = 5 * rows * D * x.element_size()  # read h, d_out, d_new_residual; write dx, d_residual
+    for shape, t in sorted(timed.items(), key=lambda item: item[1])[:6]:
+        print(f"backward: {shape[0]:2d} warps, split {shape[1] or rows:5d} rows, tile {shape[3]:3d} × {shape[2]:3d}: "
+              f"{t * 1e6:7.1f} µs, {compulsory_bytes / t / 1e12:4.2f} TB/s")
+    for knob, value in zip(KNOBS, best, strict=True):
+        setattr(fused_backward, knob, value)
+    print("best: " + ", ".join(f"{knob} = {value}" for knob, value in zip(KNOBS, best, strict=True)))
     for name, fn in (("eager", eager), ("compile", compiled), ("triton", triton)):
         report(name, fn, x, r, w, b, leaves, grads)
 

@@ -94,3 +94,16 @@ def test_every_rank_row_of_a_parallel_train_run_is_measured(train_runs) -> None:
         bad = [(r.op, r.variant, r.rank, r.note) for r in res.rows if r.status != "ok"]
         assert not bad, (name, bad)
         assert Path(res.run["command"].split("--out ")[-1]).name == name
+
+
+def test_committed_dp4_run_on_four_gpus() -> None:
+    """The 4-GPU data-parallel training run: the gradients' all-reduce near the interconnect roof, labelled DP."""
+    from roofline.results import Results
+    from roofline.tp_scaling import split_line
+
+    res = results.load(Path(__file__).parent.parent / "reports/reference/h200x4/train/gpt-7b-train-s4096-dp4")
+    top = Results(run=res.run, rows=[r for r in res.rows if r.rank is None])
+    grads = top.find("allreduce_grads")
+    assert grads and grads.min_bytes == 2 * 3 * comm.GRADIENTS.elements(make_config("gpt-7b")) * 2 // 4
+    assert 0.5 < grads.pct_of_roof / 100 <= 1.05 and grads.ceiling == "comm.busbw"
+    assert split_line(top).startswith("DP=4 block (slowest rank per op)")

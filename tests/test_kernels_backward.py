@@ -15,6 +15,7 @@ if not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton")
 
+from roofline.kernels import fused_add_dropout_norm_backward as norm_backward  # noqa: E402
 from roofline.kernels.fused_add_dropout_norm import (  # noqa: E402
     dropout_keep_mask,
     fused_add_dropout_norm,
@@ -189,8 +190,45 @@ def test_norm_grad_path_forward(norm: str) -> None:
         torch.testing.assert_close(mean.double(), h.mean(-1), rtol=1e-5, atol=1e-6)
 
 
-def test_weight_grad_is_deterministic() -> None:
-    """Column sums go through fixed per-program partials: the same inputs give bit-identical d_weight."""
+@pytest.mark.parametrize("split_rows, col_block, row_block", [
+    (8, 32, 4),  # 5 splits, the last of 5 rows; 7 column blocks, the last partial: partial sums, then torch's sum
+    (10, 64, 4),  # a split of 10 rows in tiles of 4: the last tile of each split is masked at the split's end
+    (0, 128, 16),  # one split: the column programs write d_weight and d_bias themselves
+])
+@pytest.mark.parametrize("requires", [LEAVES, ("weight", "bias"), ("x", "bias")], ids=["all", "params", "x,bias"])
+def test_norm_backward_launch_shapes(split_rows: int, col_block: int, row_block: int, requires: tuple[str, ...],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every split of the column sums and every interleave of column and row programs gives the same gradients."""
+    monkeypatch.setattr(norm_backward, "BACKWARD_SPLIT_ROWS", split_rows)
+    monkeypatch.setattr(norm_backward, "BACKWARD_COL_BLOCK", col_block)
+    monkeypatch.setattr(norm_backward, "BACKWARD_ROW_BLOCK", row_block)
+    for dtype in DTYPES if requires == LEAVES else [torch.float32]:  # bf16: the fp32 partials' sum, then a cast
+        for name, (got, want) in norm_grads((37, 200), dtype, "layernorm", True, 0.2, requires=requires).items():
+            assert_grad_close(got, want, dtype, name)
+            assert got is None or got.dtype == dtype
+
+
+def test_norm_backward_rmsnorm_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RMSNorm (no saved mean) through the split column sums."""
+    monkeypatch.setattr(norm_backward, "BACKWARD_SPLIT_ROWS", 16)
+    for name, (got, want) in norm_grads((37, 72), torch.float32, "rmsnorm", True, 0.1).items():
+        assert_grad_close(got, want, torch.float32, name)
+
+
+def test_norm_backward_no_rows_and_no_upstream() -> None:
+    """0 rows: zero parameter gradients; an unused output: its gradient is None, nothing read for it."""
+    x = randn(0, 64).requires_grad_()
+    weight, bias = randn(64, seed=1).requires_grad_(), randn(64, seed=2).requires_grad_()
+    out, _ = fused_add_dropout_norm(x, torch.zeros_like(x), weight, bias, 0.1, 3)
+    out.sum().backward()
+    assert x.grad.shape == (0, 64) and torch.equal(weight.grad, torch.zeros(64, device=DEVICE))
+    assert torch.equal(bias.grad, torch.zeros(64, device=DEVICE))
+
+
+@pytest.mark.parametrize("split_rows", [8, 0])
+def test_weight_grad_is_deterministic(split_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Column sums go through fixed per-split partials: the same inputs give bit-identical d_weight."""
+    monkeypatch.setattr(norm_backward, "BACKWARD_SPLIT_ROWS", split_rows)
     grads = [norm_grads((29, 64), torch.float32, "layernorm", True, 0.2, requires=("weight",))["weight"][0]
              for _ in range(2)]
     assert torch.equal(grads[0], grads[1])
