@@ -40,7 +40,7 @@ import triton.language as tl
 from .fused_add_dropout_norm import _block, _dropout_args, _keep, _philox_quarters, _pick
 
 BACKWARD_WARPS = 0  # warps per program (0: by row width, 8 for d = 4096)
-BACKWARD_SPLIT_ROWS = 256  # rows per column program: d_weight/d_bias partials per split (0: one split)
+BACKWARD_SPLIT_ROWS = 0  # rows per column program (0: one split, fastest on an H100 at 4096 and 8192 rows)
 BACKWARD_COL_BLOCK = 64  # columns per column program (power of two; 64 bf16 = one 128-byte line)
 BACKWARD_ROW_BLOCK = 32  # rows per tile of a column program (power of two)
 

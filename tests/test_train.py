@@ -221,3 +221,11 @@ def test_ops_in_train_mode_lists_backward_formulas(capsys) -> None:
     out = capsys.readouterr().out
     assert "backward FLOPs = 4·T·K·N" in out and "1.24 TFLOP" in out  # qkv_proj: 3 × 412 GFLOP
     assert "[b, h, q, kv]" in out  # formulas are text, not rich markup
+
+
+def test_a_model_without_dropout_has_no_dropout_op(small_config) -> None:
+    """Llama and Mixtral train at p = 0, where F.dropout returns x: a dropout row would time nothing."""
+    from roofline.ops import ops_for
+
+    assert "dropout" in [op.name for op in ops_for(small_config("gpt-7b"))]
+    assert "dropout" not in [op.name for op in ops_for(small_config("llama3-8b"))]

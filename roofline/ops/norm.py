@@ -167,6 +167,7 @@ DROPOUT = Op(
     flops_formula="T·d  (one scale per element; random-number generation not counted)",
     bytes_formula="2·T·d·bytes  (read x, write y; the mask stays on chip)",
     doc="Dropout on the attention and FFN outputs (twice per block), p from the model config.",
+    applies=lambda c: c.dropout_p > 0,  # at p = 0 (Llama, Mixtral) there is no dropout: F.dropout returns x
 )
 
 
