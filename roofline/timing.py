@@ -159,7 +159,7 @@ class Timer:
         return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)]
 
     def host_seconds(self, fn: Callable[[], object], setup: Callable[[], object] | None = None,
-                     reps: int = 3) -> float:
+                     reps: int = 7) -> float:
         """Median host time of one call that is not waited for: what launching fn costs the CPU."""
         times = []
         for _ in range(reps):
