@@ -66,8 +66,9 @@ def run_fields(results: Results) -> list[str]:
     c: dict[str, Any] = results.run.get("config", {})  # type: ignore[assignment]
     device: dict[str, Any] = results.run.get("device", {})  # type: ignore[assignment]
     shape = f"seq {c.get('seq_len')}" if c.get("mode") != "decode" else f"kv {c.get('kv_len')}"
-    return [str(c.get("name", "?")), str(c.get("mode", "?")), f"batch {c.get('batch')}", shape, str(c.get("dtype")),
-            str(device.get("name", "?"))]
+    parallel = [f"{name.upper()}={c[name]}" for name in ("tp", "dp") if (c.get(name) or 1) > 1]
+    return [str(c.get("name", "?")), str(c.get("mode", "?")), *parallel, f"batch {c.get('batch')}", shape,
+            str(c.get("dtype")), str(device.get("name", "?"))]
 
 
 def describe_run(results: Results) -> str:

@@ -126,9 +126,11 @@ def unfused_block(results: Results) -> list[Row]:
 
 
 def block_time_split(results: Results) -> dict[str, float]:
-    """Seconds per block in compute- vs memory-bound ops, unfused block (baseline variant of each plain op)."""
-    split = {"compute": 0.0, "memory": 0.0}
+    """Seconds per block in compute-bound, memory-bound and communication ops (a collective, unit "comm", is
+    bandwidth-bound but on the interconnect), unfused block (baseline variant of each plain op)."""
+    split = {"compute": 0.0, "memory": 0.0, "comm": 0.0}
     for row in unfused_block(results):
-        if row.bound in split:
-            split[row.bound] += (row.time_median_s or 0.0) * row.per_block
+        kind = "comm" if row.unit == "comm" else row.bound
+        if kind in split:
+            split[kind] += (row.time_median_s or 0.0) * row.per_block
     return split

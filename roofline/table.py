@@ -73,6 +73,7 @@ def summary(results: Results) -> Group:
             ("Unfused block: ", "bold"), f"{fmt.seconds(total)} per block, ",
             (f"{100 * split['compute'] / total:.0f} % compute-bound", "cyan"), ", ",
             (f"{100 * split['memory'] / total:.0f} % memory-bound", "magenta"),
+            *((", ", (f"{100 * split['comm'] / total:.0f} % communication", "green")) if split["comm"] else ()),
             " (each op at its baseline variant × times per block)"))
     from roofline.ops.moe import flops_per_token_line  # the op catalog imports torch: only when a table is drawn
 

@@ -161,8 +161,8 @@ def test_time_split_matches_fusion_module(loaded: list[Results]) -> None:
     for res in loaded:
         before, after = time_split.block_before_after(res)
         split = block_time_split(res)
-        for bound in ("compute", "memory"):
-            assert sum(o.time_s for o in before if o.bound == bound) == pytest.approx(split[bound])
+        for kind in ("compute", "memory", "comm"):
+            assert sum(o.time_s for o in before if o.kind == kind) == pytest.approx(split[kind])
         fused = {f.group: min(x.fused_time_s for x in summarize(res) if x.group == f.group) for f in summarize(res)}
         after_ops = {o.op for o in after}
         for group, best in fused.items():

@@ -238,6 +238,23 @@ def _triton_flash(c: BlockConfig, i: Inputs):
     return lambda: flash_attention(i["q"], i["k"], i["v"], causal=is_causal(c), scale=c.head_dim ** -0.5)
 
 
+def needs_decode_triton(c: BlockConfig, device: torch.device) -> str | None:
+    """Split-KV serves one decode query per sequence (q_len = 1), in bf16/fp16, at head_dim 64 or 128."""
+    if c.mode != "decode":
+        return "split-KV is a decode kernel (q_len = 1)"
+    if c.dtype not in ("bf16", "fp16"):
+        return f"our Triton split-KV kernel has no {c.dtype} path (bf16/fp16 only)"
+    if c.head_dim not in (64, 128):
+        return f"our Triton split-KV kernel has no head_dim {c.head_dim} path (64 or 128)"
+    return needs_triton(c, device)
+
+
+def _triton_splitkv(c: BlockConfig, i: Inputs):
+    from roofline.kernels.flash_decoding import flash_decoding
+
+    return lambda: flash_decoding(i["q"], i["k"], i["v"], scale=c.head_dim ** -0.5)
+
+
 ATTENTION = Op(
     name="attention", group="attention", unit="tensor",
     flops=lambda c: 4 * c.batch * c.n_heads * c.head_dim * causal_pairs(c),
@@ -253,6 +270,8 @@ ATTENTION = Op(
         Variant("sdpa_cudnn", _sdpa("CUDNN_ATTENTION"), fused=True, requires=needs_cuda,
                 doc="SDPA, cuDNN backend"),
         Variant("triton", _triton_flash, fused=True, requires=needs_triton_half, doc="kernels/flash_attention.py"),
+        Variant("triton_splitkv", _triton_splitkv, fused=True, requires=needs_decode_triton,
+                doc="kernels/flash_decoding.py: flash-decoding, the KV cache split across programs"),
     ),
     replaces=("qk_t", "softmax", "attn_v"),
     flops_formula="4·b·h·head_dim·pairs  (two matmuls; pairs = q·kv, or the unmasked half when causal)",

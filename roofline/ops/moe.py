@@ -217,7 +217,7 @@ def block_flops(c: BlockConfig) -> int:
 
     ops = ops_for(c)
     replaced = {name for op in ops for name in op.replaces}
-    return sum(op.flops(c) * op.per_block for op in ops if op.name not in replaced)
+    return sum(op.flops(c) * op.per_block for op in ops if op.name not in replaced and op.unit != "comm")
 
 
 def flops_per_token_line(config: BlockConfig | dict[str, object]) -> str | None:
