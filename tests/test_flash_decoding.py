@@ -72,21 +72,12 @@ def test_head_dim_128_scale_and_strided_cache(block_n: int, num_splits: int) -> 
 
 
 def test_splits_are_whole_tiles_and_never_empty() -> None:
-    """The launcher's arithmetic: kv 100 in 16-key tiles asked for 6 splits runs 5 of 32 keys (7 tiles, 2 each)."""
-    calls = []
-
-    class Recorder:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: calls.append((grid, args[17]))  # args[17]: split_len
-
-    q, k, v = decode_inputs(1, 2, 2, 100, 64, torch.float16)
-    kernel = fd._split_kv_kernel
-    try:
-        fd._split_kv_kernel = Recorder()
-        fd.flash_decoding(q, k, v, num_splits=6, block_n=16)
-    finally:
-        fd._split_kv_kernel = kernel
-    assert calls == [((5, 2), 32)]
+    """kv 100 in 16-key tiles (7 tiles): 6 splits asked → 2 tiles each → 4 splits run, the last one of 4 keys."""
+    assert fd.split_plan(100, 6, 16) == (4, 32)
+    assert fd.split_plan(100, 40, 16) == (7, 16)
+    assert fd.split_plan(100, 1, 64) == (1, 128)
+    assert fd.split_plan(8192, 32, 64) == (32, 256)
+    assert fd.split_plan(8192, 9, 64) == (9, 960)
     assert fd.default_num_splits(1, 8, 8192, torch.device("cpu")) == 3
 
 

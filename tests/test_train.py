@@ -229,3 +229,21 @@ def test_a_model_without_dropout_has_no_dropout_op(small_config) -> None:
 
     assert "dropout" in [op.name for op in ops_for(small_config("gpt-7b"))]
     assert "dropout" not in [op.name for op in ops_for(small_config("llama3-8b"))]
+
+
+def test_committed_h100_train_run_renders_its_backward_columns(tmp_path) -> None:
+    """The H100 train run: the HTML report and the fusion summary carry the backward and activation memory."""
+    from pathlib import Path
+
+    from roofline import report, results
+    from roofline.fusion import summarize
+
+    res = results.load(Path(__file__).parent.parent / "reports/reference/h100/gpt-7b-train-s4096")
+    html = report.html_report([res], {"roofline": "", "time_split": ""})
+    assert "<th class=\"num\">backward</th>" in html and "saved for backward" in html
+    naive = res.find("attention", "naive")
+    cudnn = res.find("attention", "sdpa_cudnn")
+    assert naive and cudnn and naive.saved_new_bytes > 20 * cudnn.saved_new_bytes  # N² probabilities vs O(N)
+    assert all(r.grad_error is not None and r.grad_error <= r.tolerance for r in res.ok_rows())
+    fused = {f.fused_variant: f for f in summarize(res) if f.group == "attention"}
+    assert fused["sdpa_cudnn"].chain_saved_bytes == naive.saved_new_bytes
