@@ -32,6 +32,8 @@ for step in "$@"; do
     sweep) timed sweep roofline sweep --seq-len 1024,2048,4096,8192,16384,32768 --budget 0.3 --out "$R/gpt-7b-sweep" ;;
     decode) timed decode-b1 roofline profile --mode decode --kv-len 8192 --batch 1 --out "$R/gpt-7b-decode-b1-kv8192"
             timed decode-b64 roofline profile --mode decode --kv-len 8192 --batch 64 --out "$R/gpt-7b-decode-b64-kv8192" ;;
+    decode-llama) timed decode-llama-b1 roofline profile --model llama3-8b --mode decode --kv-len 8192 --batch 1 --out "$R/llama3-8b-decode-b1-kv8192"
+            timed decode-llama-b64 roofline profile --model llama3-8b --mode decode --kv-len 8192 --batch 64 --out "$R/llama3-8b-decode-b64-kv8192" ;;
     fp8) timed fp8 roofline sweep --seq-len 8192 --dtype bf16,fp8 --out "$R/gpt-7b-s8192-bf16-fp8" ;;
     train) timed train roofline profile --mode train --seq-len 4096 --out "$R/gpt-7b-train-s4096" ;;
     train-llama) timed train-llama roofline profile --mode train --model llama3-8b --seq-len 4096 --out "$R/llama3-8b-train-s4096" ;;
