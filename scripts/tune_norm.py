@@ -7,13 +7,14 @@ For [rows, 4096] bf16 (rows 4096 and 8192), prints:
 2. for eager, torch.compile and our Triton variant: forward, backward and step GPU time (CUDA events behind a
    blocking sleep, so the host's launch time is hidden) and the host's time per call (enqueue only): a step
    whose host time exceeds its GPU time is host-bound, and a per-op timing from an idle GPU measures the host.
-usage: python3 scripts/tune_norm.py
+usage: python3 scripts/tune_norm.py [layernorm|rmsnorm] [p]   (default: layernorm 0.1)
 """
 
 from __future__ import annotations
 
 import itertools
 import statistics
+import sys
 import time
 
 import roofline.kernels.fused_add_dropout_norm as fused
@@ -21,7 +22,8 @@ import roofline.kernels.fused_add_dropout_norm_backward as fused_backward
 import torch
 import torch.nn.functional as F
 
-D, P, EPS = 4096, 0.1, 1e-5
+D, EPS = 4096, 1e-5
+NORM, P = "layernorm", 0.1  # set from the command line: tune_norm.py [layernorm|rmsnorm] [p]
 KNOBS = ("BACKWARD_WARPS", "BACKWARD_SPLIT_ROWS", "BACKWARD_COL_BLOCK", "BACKWARD_ROW_BLOCK")
 WARPS, SPLIT_ROWS, TILES = (4, 8, 16), (128, 256, 512, 1024, 0), ((32, 64), (64, 32), (64, 64), (128, 16), (128, 32))
 
@@ -59,6 +61,8 @@ def host_time(fn, setup=None, reps: int = 30) -> float:
 
 def eager(x, r, w, b):
     h = r + F.dropout(x, P, training=True)
+    if NORM == "rmsnorm":
+        return F.rms_norm(h, (D,), w, EPS), h
     return F.layer_norm(h, (D,), w, b, EPS), h
 
 
@@ -67,7 +71,7 @@ def triton_variant():
 
     def triton(x, r, w, b):
         seed[0] += 1
-        return fused.fused_add_dropout_norm(x, r, w, b, P, seed[0], EPS, "layernorm")
+        return fused.fused_add_dropout_norm(x, r, w, b if NORM == "layernorm" else None, P, seed[0], EPS, NORM)
 
     return triton
 
@@ -102,8 +106,8 @@ def bench(rows: int, compiled) -> None:
     x, r = (torch.randn(rows, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
     w = torch.randn(D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     b = torch.randn(D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    leaves, grads = [x, r, w, b], [torch.randn_like(x), torch.randn_like(x)]
-    print(f"== rows {rows} × d {D}, bf16, p {P}")
+    leaves, grads = [x, r, w, b][:4 if NORM == "layernorm" else 3], [torch.randn_like(x), torch.randn_like(x)]
+    print(f"== {NORM}, rows {rows} × d {D}, bf16, p {P}")
     triton = triton_variant()
     pending = []
     timed: dict[tuple[int, ...], float] = {}
@@ -133,6 +137,8 @@ def bench(rows: int, compiled) -> None:
 
 
 def main() -> None:
+    global NORM, P
+    NORM, P = (sys.argv[1:2] or [NORM])[0], float((sys.argv[2:3] or [P])[0])
     torch.manual_seed(0)
     compiled = torch.compile(eager, dynamic=False)
     for rows in (4096, 8192):
