@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from roofline.config import BlockConfig
 from roofline.errors import Unsupported
 from roofline.ops.base import Closure, Inputs, Op, relative_error, take_rows
 
@@ -105,7 +106,7 @@ def masked_grad_output(out: torch.Tensor, rows: torch.Tensor, gen: torch.Generat
     return dy
 
 
-def grad_error(op: Op, config, inputs: Inputs, names: list[str], output: object, rows: torch.Tensor,
+def grad_error(op: Op, config: BlockConfig, inputs: Inputs, names: list[str], output: object, rows: torch.Tensor,
                gen: torch.Generator) -> float:
     """Largest relative error of the input gradients, for an output gradient on rows `rows` only."""
     out = primary(output)
