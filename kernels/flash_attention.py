@@ -249,7 +249,8 @@ _attn_fwd_autotuned = triton.autotune(configs=_all_configs(), key=["q_len", "kv_
                                       **_CACHE)(_attn_fwd_kernel)
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dims: tuple[int, ...] = HEAD_DIMS) -> None:
+    """ValueError unless q [b, h, q, d], k and v [b, kv_h, kv, d] suit our attention kernels (also flash_decoding's)."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"q, k, v must be [batch, heads, seq, head_dim], got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -259,8 +260,8 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != head_dim:
         raise ValueError(f"k and v must be [{batch}, kv_heads, kv_len, {head_dim}] and equal, "
                          f"got {tuple(k.shape)} and {tuple(v.shape)}")
-    if head_dim not in HEAD_DIMS:
-        raise ValueError(f"head_dim must be one of {HEAD_DIMS}, got {head_dim}")
+    if head_dim not in head_dims:
+        raise ValueError(f"head_dim must be one of {head_dims}, got {head_dim}")
     if k.shape[1] == 0 or heads % k.shape[1]:
         raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({k.shape[1]})")
     if any(t.stride(-1) != 1 for t in (q, k, v)):
@@ -344,7 +345,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     multiple of kv_heads; fp16 or bf16; head_dim in HEAD_DIMS; last dimension contiguous.
     scale defaults to 1/sqrt(head_dim).
     """
-    _check_inputs(q, k, v)
+    check_qkv(q, k, v)
     return _launch(q, k, v, causal, scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
 
 

@@ -28,9 +28,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .flash_attention import check_qkv
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # Triton runs kernels on the CPU
 HEAD_DIMS = (64, 128)
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 LOG2E = math.log2(math.e)
 PROGRAMS_PER_SM = 2  # default num_splits: about two programs per SM ("two waves"), see default_num_splits
 MIN_SPLIT_KEYS = 256  # ... with each split long enough that its partials stay small next to its K/V
@@ -140,29 +141,11 @@ def split_plan(kv_len: int, num_splits: int, block_n: int) -> tuple[int, int]:
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, num_splits: int | None,
                   block_n: int) -> None:
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"q, k, v must be [batch, heads, seq, head_dim], got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
-    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q, k, v must all be float16 or all bfloat16, got {q.dtype}, {k.dtype}, {v.dtype}")
-    batch, heads, q_len, head_dim = q.shape
-    if q_len != 1:
-        raise ValueError(f"q_len must be 1 (one decode step), got {q_len}: use flash_attention for prefill")
-    if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != head_dim:
-        raise ValueError(f"k and v must be [{batch}, kv_heads, kv_len, {head_dim}] and equal, "
-                         f"got {tuple(k.shape)} and {tuple(v.shape)}")
-    if head_dim not in HEAD_DIMS:
-        raise ValueError(f"head_dim must be one of {HEAD_DIMS}, got {head_dim}")
-    if k.shape[1] == 0 or heads % k.shape[1]:
-        raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({k.shape[1]})")
+    check_qkv(q, k, v, HEAD_DIMS)
+    if q.shape[2] != 1:
+        raise ValueError(f"q_len must be 1 (one decode step), got {q.shape[2]}: use flash_attention for prefill")
     if k.shape[2] == 0:
         raise ValueError("kv_len must be at least 1: a decode query needs a KV cache to attend to")
-    if any(t.stride(-1) != 1 for t in (q, k, v)):
-        raise ValueError("q, k, v need a contiguous last dimension (stride 1)")
-    if k.device != q.device or v.device != q.device:
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if not q.is_cuda and not INTERPRET:
-        raise ValueError(f"q is on {q.device}: the kernel needs a CUDA device (or TRITON_INTERPRET=1)")
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
