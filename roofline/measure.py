@@ -26,7 +26,7 @@ from roofline import model, train
 from roofline.config import BlockConfig
 from roofline.device import DeviceInfo, free_memory_bytes, read_clocks
 from roofline.errors import RooflineError, Unsupported
-from roofline.ops.base import TOLERANCE, CheckFailed, Op, Variant, default_check
+from roofline.ops.base import TOLERANCE, CheckFailed, Op, Variant, default_check, primary
 from roofline.results import SCHEMA_VERSION, Row
 from roofline.timing import Timer
 
@@ -171,7 +171,7 @@ def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: Devi
     phases.mark("inputs+first call")
 
     rows_gen = torch.Generator().manual_seed(settings.seed * 1000 + index)
-    n_rows = train.primary(out).shape[-2]
+    n_rows = primary(out).shape[-2]
     rows = torch.randperm(n_rows, generator=rows_gen)[:CHECK_ROWS].sort().values
     check = op.check or (lambda cfg, i, o, r: default_check(op, cfg, i, o, r))
     with torch.no_grad():

@@ -23,7 +23,7 @@ import torch
 
 from roofline.config import BlockConfig
 from roofline.errors import Unsupported
-from roofline.ops.base import Closure, Inputs, Op, relative_error, take_rows
+from roofline.ops.base import Closure, Inputs, Op, primary, relative_error, take_rows
 
 
 def require_grads(inputs: Inputs) -> list[str]:
@@ -38,12 +38,6 @@ def differentiable(output: object) -> list[torch.Tensor]:
     """The outputs gradients flow back from (a router's expert ids, say, are not)."""
     outs = output if isinstance(output, (tuple, list)) else (output,)
     return [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
-
-
-def primary(output: object) -> torch.Tensor:
-    out = output[0] if isinstance(output, (tuple, list)) else output
-    assert isinstance(out, torch.Tensor)
-    return out
 
 
 def _gradients(outputs: list[torch.Tensor], leaves: list[torch.Tensor],
