@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -26,15 +27,23 @@ import torch
 from roofline.device import DeviceInfo
 from roofline.timing import Timer, sample_until_stable
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 GPU_GEMM_SHAPES = ((8192, 8192, 8192), (4096, 4096, 4096), (6144, 6144, 6144), (8192, 8192, 4096),
                    (16384, 8192, 8192), (4096, 16384, 4096))
-CPU_GEMM_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (1536, 4096, 1536))
+CPU_GEMM_SHAPES = ((512, 512, 512), (768, 768, 768), (1024, 1024, 1024), (1536, 4096, 1536))
+CPU_CALL_BUDGET_S = 0.15  # a CPU GEMM of the calibration takes about this long at most (its rows M are cut to fit)
+CPU_MIN_ROWS = 256  # a block shape cut below this many rows says nothing about the block's GEMM: left out
+CPU_PROBE_SIZE = 512  # the probe that estimates a dtype's GEMM rate before the shapes are sized
 
 
 @dataclass
 class Ceilings:
-    """Measured roofs of one device. peak_flops keys match DeviceInfo.peak_flops ('tensor.bf16', ...)."""
+    """Measured roofs of one device. peak_flops keys match DeviceInfo.peak_flops ('tensor.bf16', ...).
+
+    quick: measured by a run's implicit calibration (the run's dtypes and shapes only, smaller buffers); a full
+    `roofline calibrate` replaces it. gemm_shapes holds every shape's rate, so one can see what the roof is the
+    best of.
+    """
 
     device: str
     key: str
@@ -48,9 +57,15 @@ class Ceilings:
     measured_at: str = ""
     torch: str = torch.__version__
     version: int = CACHE_VERSION
+    quick: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def roof_key(dtype: str) -> str:
+    """The peak_flops key a GEMM of this dtype measures: fp32 without TF32 runs on the CUDA cores / CPU vector units."""
+    return "vector.fp32" if dtype == "fp32" else f"tensor.{dtype}"
 
 
 def cache_key(info: DeviceInfo) -> str:
@@ -94,40 +109,99 @@ def save(ceilings: Ceilings, path: Path) -> None:
 
 
 def get_ceilings(info: DeviceInfo, force: bool = False, quick: bool = False,
-                 warn: Callable[[str], None] = lambda m: None) -> tuple[Ceilings, bool]:
-    """(ceilings, from_cache): the cached ceilings, else measure and cache them."""
-    if not force:
-        cached = load_cached(info, warn)
-        if cached is not None:
+                 warn: Callable[[str], None] = lambda m: None, dtypes: tuple[str, ...] = (),
+                 shapes: tuple[tuple[int, int, int], ...] = (),
+                 say: Callable[[str], None] = lambda m: None) -> tuple[Ceilings, bool]:
+    """(ceilings, from_cache): the cached ceilings, else measure and cache them.
+
+    A cached entry is used unless `force`, or it is a quick one and a full calibration is asked for. A CPU entry
+    that lacks a GEMM dtype the run needs (`dtypes`) gets just that dtype measured and added.
+    """
+    cached = None if force else load_cached(info, warn)
+    if cached is not None and cached.quick and not quick:
+        say("the cached roofs came from a quick calibration: measuring them fully")
+        cached = None
+    if cached is not None:
+        missing = tuple(d for d in dtypes if roof_key(d) not in cached.peak_flops)
+        if not missing or info.kind != "cpu":
             return cached, True
-    ceilings = calibrate(info, quick=quick)
+        _measure_gemms(cached, info, Timer(info.torch_device), missing, shapes, say)
+        save(cached, cache_path(info))
+        return cached, False
+    ceilings = calibrate(info, quick=quick, dtypes=dtypes, shapes=shapes, say=say)
     save(ceilings, cache_path(info))
     return ceilings, False
 
 
-def calibrate(info: DeviceInfo, quick: bool = False) -> Ceilings:
-    """Measure every roof of this device (a few seconds on a GPU; `quick` trims the GEMM search)."""
+def calibrate(info: DeviceInfo, quick: bool = False, dtypes: tuple[str, ...] = (),
+              shapes: tuple[tuple[int, int, int], ...] = (), say: Callable[[str], None] = lambda m: None) -> Ceilings:
+    """Measure the roofs of this device: a few seconds on a GPU, at most ~30 s on a CPU.
+
+    GPU: every dtype, the GEMM shapes of GPU_GEMM_SHAPES (`quick`: the first two) and `shapes`. CPU: `dtypes`
+    (quick; all of fp32 and bf16 otherwise), the shapes of CPU_GEMM_SHAPES and `shapes` (the block's own GEMMs,
+    so that the roof bounds them), each cut to CPU_CALL_BUDGET_S per call: a CPU that emulates bf16 runs it at
+    ~1 GFLOP/s, where one full-size GEMM would take minutes.
+    """
     t0 = time.perf_counter()
     timer = Timer(info.torch_device)
-    c = Ceilings(device=info.name, key=cache_key(info), measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    c = Ceilings(device=info.name, key=cache_key(info), measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                 quick=quick)
+    say("memory bandwidth (copy, read, write)")
     if info.kind == "cuda":
         _gpu_bandwidths(c, info, timer)
-        shapes = GPU_GEMM_SHAPES[:2] if quick else GPU_GEMM_SHAPES
-        for dtype in gpu_gemm_dtypes(info):
-            c.gemm_shapes[dtype] = {f"{m}x{n}x{k}": _gemm_rate(timer, info, dtype, m, n, k) for m, n, k in shapes}
+        gemm_dtypes = tuple(gpu_gemm_dtypes(info))
+        all_shapes = (GPU_GEMM_SHAPES[:2] if quick else GPU_GEMM_SHAPES) + tuple(shapes)
     else:
         _cpu_bandwidths(c, timer, quick)
-        shapes = CPU_GEMM_SHAPES[-1:] if quick else CPU_GEMM_SHAPES
-        for dtype in ("fp32", "bf16"):
-            c.gemm_shapes[dtype] = {f"{m}x{n}x{k}": _gemm_rate(timer, info, dtype, m, n, k) for m, n, k in shapes}
-    for dtype, rates in c.gemm_shapes.items():
-        best = max(rates.values())
-        if dtype == "fp32":
-            c.peak_flops["vector.fp32"] = best
-        else:
-            c.peak_flops[f"tensor.{dtype}"] = best
+        gemm_dtypes = tuple(dict.fromkeys(("fp32", *dtypes))) if quick or dtypes else ("fp32", "bf16")
+        all_shapes = CPU_GEMM_SHAPES + tuple(shapes)
+    _measure_gemms(c, info, timer, gemm_dtypes, all_shapes, say)
     c.wall_s = time.perf_counter() - t0
     return c
+
+
+def _measure_gemms(c: Ceilings, info: DeviceInfo, timer: Timer, dtypes: tuple[str, ...],
+                   shapes: tuple[tuple[int, int, int], ...], say: Callable[[str], None]) -> None:
+    """GEMM rates of each dtype over the shapes; each dtype's best is its roof (the MAMF-finder method)."""
+    for dtype in dtypes:
+        say(f"{dtype} matmul rates")
+        if info.kind == "cpu":
+            sized = cpu_shapes(shapes, _probe_rate(timer, info, dtype))
+        else:
+            sized = tuple(dict.fromkeys(shapes or GPU_GEMM_SHAPES))
+        rates = {f"{m}x{n}x{k}": _gemm_rate(timer, info, dtype, m, n, k) for m, n, k in sized}
+        if rates:
+            c.gemm_shapes[dtype] = rates
+            c.peak_flops[roof_key(dtype)] = max(rates.values())
+
+
+def cpu_shapes(shapes: tuple[tuple[int, int, int], ...], rate: float,
+               budget_s: float = CPU_CALL_BUDGET_S) -> tuple[tuple[int, int, int], ...]:
+    """The shapes cut so that one call takes about budget_s at `rate` FLOP/s. A shape keeps its N and K and loses
+    rows M (a CPU GEMM's rate barely changes with M past a few hundred rows); one that would keep fewer than
+    CPU_MIN_ROWS is left out, and a cube too large for the budget shrinks to one that fits."""
+    out = []
+    for m, n, k in shapes:
+        fit = int(budget_s * rate / (2 * n * k))
+        if fit >= min(m, CPU_MIN_ROWS):
+            out.append((min(m, fit), n, k))
+        elif m == n == k:
+            side = max(16, int((budget_s * rate / 2) ** (1 / 3)) // 16 * 16)
+            out.append((side, side, side))
+    return tuple(dict.fromkeys(out))
+
+
+def _probe_rate(timer: Timer, info: DeviceInfo, dtype: str) -> float:
+    """A GEMM rate of this dtype from a warm cube (best of three calls), to size the calibration's shapes."""
+    n = CPU_PROBE_SIZE
+    a, b = (torch.randn(n, n, dtype=_TORCH_DTYPES[dtype]) for _ in range(2))
+    a @ b
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / max(best, 1e-9)
 
 
 def gpu_gemm_dtypes(info: DeviceInfo) -> list[str]:
@@ -136,6 +210,9 @@ def gpu_gemm_dtypes(info: DeviceInfo) -> list[str]:
     if (major, minor) >= (8, 9) and hasattr(torch, "_scaled_mm"):
         dtypes.append("fp8")
     return dtypes
+
+
+_TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _rate(timer: Timer, fn: Callable[[], object], work: float, budget_s: float = 0.3) -> float:
@@ -187,8 +264,14 @@ def _l2_copy_bandwidth(timer: Timer, device: torch.device, n: int, copies: int =
 
 
 def _cpu_bandwidths(c: Ceilings, timer: Timer, quick: bool) -> None:
-    n, budget = (64 << 20, 0.2) if quick else (256 << 20, 0.5)
-    c.memory_bandwidth, c.read_bandwidth, c.write_bandwidth = _bandwidths(timer, torch.device("cpu"), n, budget)
+    """Copy, read and write on buffers far beyond the last-level cache; the best of a few bursts, so that a moment of
+    other work on a shared machine does not become the roof."""
+    n = (96 if quick else 256) << 20
+    src = torch.empty(n // 4, dtype=torch.float32).normal_()
+    dst = torch.empty_like(src).zero_()  # touch every page before timing (first-touch faults are not bandwidth)
+    c.memory_bandwidth = _burst_rate(timer, lambda: dst.copy_(src), 2 * n, pause_s=0.0, per_burst=3)
+    c.read_bandwidth = _burst_rate(timer, lambda: src.sum(), n, pause_s=0.0, per_burst=3)
+    c.write_bandwidth = _burst_rate(timer, lambda: dst.fill_(1.0), n, pause_s=0.0, per_burst=3)
 
 
 def _burst_rate(timer: Timer, fn: Callable[[], object], work: float, bursts: int = 4, per_burst: int = 8,
@@ -198,14 +281,16 @@ def _burst_rate(timer: Timer, fn: Callable[[], object], work: float, bursts: int
     A long back-to-back GEMM loop pushes an H100 into its power cap (NVML 'sw_power_cap', SM clock 1980 →
     ~1500 MHz), which a profiled GEMM between lighter ops rarely meets; measured that way the roof sat below
     what the block's own GEMMs reached (106 % of roof). Bursts after a pause measure the sustained-burst peak,
-    the MAMF finder's quantity, instead of the thermal steady state.
+    the MAMF finder's quantity, instead of the thermal steady state. On a CPU (no pause) the best burst keeps a
+    moment of other work on a shared machine out of the roof.
     """
     _, first = timer.first_call(fn)
     timer.warm_up(fn, first)
     best = float("inf")
     for _ in range(bursts):
-        time.sleep(pause_s)
-        fn()  # one call to leave the idle clocks behind
+        if pause_s:
+            time.sleep(pause_s)
+            fn()  # one call to leave the idle clocks behind
         samples = sorted(timer.run_batch(fn, per_burst, flush=False))
         best = min(best, samples[len(samples) // 2])
     return work / best
@@ -219,8 +304,7 @@ def _gemm_rate(timer: Timer, info: DeviceInfo, dtype: str, m: int, n: int, k: in
         b = torch.randn(n, k, device=device).to(torch.float8_e4m3fn)
         one = torch.ones((), device=device)
         return _burst_rate(timer, lambda: torch._scaled_mm(a, b.t(), one, one, out_dtype=torch.bfloat16), work)
-    torch_dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
-                   "fp16": torch.float16}[dtype]
+    torch_dtype = _TORCH_DTYPES[dtype]
     a = torch.randn(m, k, device=device, dtype=torch_dtype)
     b = torch.randn(k, n, device=device, dtype=torch_dtype)
     previous = torch.backends.cuda.matmul.allow_tf32
@@ -228,6 +312,6 @@ def _gemm_rate(timer: Timer, info: DeviceInfo, dtype: str, m: int, n: int, k: in
     try:
         if device.type == "cuda":
             return _burst_rate(timer, lambda: a @ b, work)
-        return _rate(timer, lambda: a @ b, work, budget_s=0.6)
+        return _burst_rate(timer, lambda: a @ b, work, bursts=2, per_burst=3, pause_s=0.0)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous

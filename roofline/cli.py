@@ -121,7 +121,7 @@ def profile(
     settings = measure.Settings.for_device(dev, budget)
     out_dir = writable_dir(out or default_out_dir(dev.slug, config))
 
-    roofs, measured = measure.load_roofs(dev, calibrate, warn, info)
+    roofs, measured = measure.load_roofs(dev, calibrate, warn, info, config)
     run = measure.run_metadata(config, dev, roofs, settings, command_line, measured)
     res = results.Results(run=run)
     others = run["clocks_at_start"].get("other_processes")  # type: ignore[union-attr]
@@ -285,7 +285,7 @@ def calibrate_cmd(
 
     dev = devices_mod.detect(device)
     t0 = time.perf_counter()
-    measured, cached = ceilings.get_ceilings(dev, force=force, warn=warn)
+    measured, cached = ceilings.get_ceilings(dev, force=force, warn=warn, say=lambda m: info(f"  calibrating: {m}"))
     info(f"{'Cached' if cached else 'Measured'} roofs of {dev.name} in {time.perf_counter() - t0:.1f} s "
          f"({ceilings.cache_path(dev)})")
     if out:

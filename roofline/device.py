@@ -46,7 +46,8 @@ class DeviceInfo:
     sm_count: int = 0
     compute_capability: str = ""
     memory_bytes: int = 0
-    l2_bytes: int = 0
+    l2_bytes: int = 0  # the GPU's L2
+    llc_bytes: int = 0  # the CPU's last-level cache (L3)
     max_sm_clock_mhz: int = 0
     max_mem_clock_mhz: int = 0
     memory_bus_width_bits: int = 0
@@ -67,6 +68,11 @@ class DeviceInfo:
     @property
     def torch_device(self) -> torch.device:
         return torch.device(f"cuda:{self.index}" if self.kind == "cuda" else "cpu")
+
+    @property
+    def cache_bytes(self) -> int:
+        """The last-level cache the timer flushes before each sample: the GPU's L2 or the CPU's L3."""
+        return self.l2_bytes if self.kind == "cuda" else self.llc_bytes
 
     @property
     def slug(self) -> str:
@@ -139,7 +145,17 @@ def _detect_cpu() -> DeviceInfo:
         m = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
         mem = int(m.group(1)) * 1024 if m else 0
     return DeviceInfo(kind="cpu", name=name, memory_bytes=mem, cpu_threads=torch.get_num_threads(),
-                      triton=_triton_version(), peaks_source="none")
+                      llc_bytes=_last_level_cache_bytes(), triton=_triton_version(), peaks_source="none")
+
+
+def _last_level_cache_bytes() -> int:
+    """The largest cache of CPU 0 (Linux sysfs: '32768K'); 0 when unknown (the timer then flushes 64 MB)."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        m = re.fullmatch(r"(\d+)([KMG]?)", path.read_text().strip())
+        if m:
+            sizes.append(int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)])
+    return max(sizes, default=0)
 
 
 def _detect_gpu(index: int) -> DeviceInfo:

@@ -47,7 +47,7 @@ class Settings:
             raise RooflineError(f"--budget must be a positive number of seconds, got {budget_s}")
         if info.kind == "cuda":
             return cls(budget_s=budget_s or 0.5, min_samples=10)
-        return cls(budget_s=budget_s or 1.0, min_samples=3)
+        return cls(budget_s=budget_s or 0.5, min_samples=3)
 
 
 @dataclass
@@ -80,17 +80,25 @@ class Roofs:
 
 
 def load_roofs(info: DeviceInfo, calibrate: bool = False, warn: Callable[[str], None] = lambda m: None,
-               say: Callable[[str], None] = lambda m: None) -> tuple[Roofs, dict[str, object] | None]:
+               say: Callable[[str], None] = lambda m: None,
+               config: BlockConfig | None = None) -> tuple[Roofs, dict[str, object] | None]:
     """The roofs to place rows against, and the measured ceilings (as saved in run metadata) if any.
 
     Measured roofs come from `roofline calibrate`'s cache; `calibrate` measures them first. The CPU has no
-    datasheet, so its roofs are always measured (quickly, then cached).
+    datasheet, so its roofs are always measured: quickly, the run's dtype and its block's GEMM shapes only
+    (`config`), bounded to ~30 s, then cached.
     """
     from roofline import ceilings
+    from roofline.ops import gemm_shapes
 
     measured = None
     if calibrate or info.kind == "cpu":
-        measured, cached = ceilings.get_ceilings(info, force=calibrate, quick=not calibrate, warn=warn)
+        dtypes = (config.dtype,) if config is not None and config.dtype != "fp8" else ()
+        shapes = gemm_shapes(config) if config is not None and info.kind == "cpu" else ()
+        if ceilings.load_cached(info) is None or calibrate:
+            say(f"Calibrating {info.name} (first run on this device; bounded, ~30 s on a CPU)")
+        measured, cached = ceilings.get_ceilings(info, force=calibrate, quick=not calibrate, warn=warn, dtypes=dtypes,
+                                                 shapes=shapes, say=lambda m: say(f"  calibrating: {m}"))
         say(f"{'Using cached' if cached else 'Measured'} roofs of {info.name}")
     else:
         measured = ceilings.load_cached(info, warn)
@@ -201,7 +209,7 @@ def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: Devi
     phases.mark("peak memory")
     timer.warm_up(timed, row.first_call_s)
     phases.mark("warm-up")
-    stats = timer.time(timed, settings.budget_s, settings.min_samples)
+    stats = timer.time(timed, settings.budget_s, settings.min_samples, first_s=None if grad_names else row.first_call_s)
     phases.mark(f"timing ({stats.samples} samples)")
     row.time_median_s, row.time_p20_s, row.time_p80_s = stats.median_s, stats.p20_s, stats.p80_s
     row.samples, row.rel_err, row.stop_reason = stats.samples, stats.rel_err, stats.stop_reason
@@ -256,7 +264,7 @@ def run_plan(items: list[tuple[Op, Variant]], c: BlockConfig, info: DeviceInfo, 
              settings: Settings, on_start: Callable[[Op, Variant], None] = lambda o, v: None,
              on_row: Callable[[Row], None] = lambda r: None) -> list[Row]:
     """Measure every planned variant in order; on_row is called after each (the caller saves results)."""
-    timer = Timer(info.torch_device, info.l2_bytes, info.max_sm_clock_mhz or 0)
+    timer = Timer(info.torch_device, info.cache_bytes, info.max_sm_clock_mhz or 0)
     previous_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = c.dtype == "tf32"
     torch.backends.cudnn.allow_tf32 = c.dtype == "tf32"

@@ -51,7 +51,12 @@ from roofline.timing import Timer, TimingStats, sample_until_stable
 from roofline.tp_scaling import split_line
 
 T = TypeVar("T")
-TIMEOUT = timedelta(minutes=5)  # a rank stuck in a collective (another rank died) fails after this
+
+
+def rank_timeout() -> timedelta:
+    """How long a rank waits for the others in a collective before it fails (ROOFLINE_RANK_TIMEOUT_S, default 300 s):
+    a rank that died or hangs then ends the run with one clear error instead of a hang."""
+    return timedelta(seconds=float(os.environ.get("ROOFLINE_RANK_TIMEOUT_S", "300")))
 IN_RUN_BYTES = {"cuda": 256 << 20, "cpu": 1 << 20}  # all-reduce buffer for the roof when none is calibrated
 
 
@@ -133,11 +138,16 @@ def start_rank(kind: str) -> DeviceInfo:
     local, n = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if kind == "cuda":
         torch.cuda.set_device(local)
-        dist.init_process_group("nccl", timeout=TIMEOUT, device_id=torch.device("cuda", local))
+        dist.init_process_group("nccl", timeout=rank_timeout(), device_id=torch.device("cuda", local))
         return detect(f"cuda:{local}")
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))  # the ranks share the cores
-    dist.init_process_group("gloo", timeout=TIMEOUT)
+    torch.set_num_threads(rank_threads(n))  # the ranks share the cores
+    dist.init_process_group("gloo", timeout=rank_timeout())
     return detect("cpu")
+
+
+def rank_threads(n: int) -> int:
+    """CPU threads of each of n local CPU ranks: they share the cores."""
+    return max(1, (os.cpu_count() or 1) // n)
 
 
 def from_rank0(fn: Callable[[], T]) -> T:
@@ -174,7 +184,7 @@ class CollectiveTimer(Timer):
                   setup: Callable[[], object] | None = None) -> list[float]:
         times = []
         for _ in range(k):
-            if flush and self._flush is not None:
+            if flush:
                 self._flush.zero_()
             if setup is not None:
                 setup()
@@ -184,7 +194,8 @@ class CollectiveTimer(Timer):
         return agreed_max(times, self.device)
 
     def time(self, fn: Callable[[], object], budget_s: float, min_samples: int,
-             setup: Callable[[], object] | None = None) -> TimingStats:
+             setup: Callable[[], object] | None = None, first_s: float | None = None) -> TimingStats:
+        """Agreed samples only: a first call (first_s) happened on each rank at its own time, it is not one."""
         return sample_until_stable(lambda k: self.run_batch(fn, k, setup=setup), budget_s, min_samples,
                                    clock=lambda: agreed_max([time.perf_counter()], self.device)[0])
 
@@ -202,7 +213,8 @@ class TPJob:
     settings: Settings
     out_dir: Path
     argv: list[str]
-    calibrate: bool = False
+    roofs: Roofs
+    measured: dict[str, object] | None
 
 
 def run_tp(tp: int, model: str, config: dict[str, object], device: str | None, only: list[str] | None,
@@ -229,9 +241,10 @@ def run_tp(tp: int, model: str, config: dict[str, object], device: str | None, o
         raise RooflineError(f"--{flag[:2]} {ranks} needs {ranks} GPUs; {torch.cuda.device_count()} visible")
     settings = dataclasses.replace(Settings.for_device(dev, budget), seed=seed)
     out_dir = cli.writable_dir(out or Path(f"{cli.default_out_dir(dev.slug, shard)}-{flag}"))
+    roofs, measured = rank_roofs(dev, ranks, calibrate, shard)
     what = f"1/{tp} of the block" if tp > 1 else "a whole replica of the block"
     cli.info(f"Launching {ranks} ranks ({'NCCL' if dev.kind == 'cuda' else 'gloo'}), each profiling {what}")
-    launch(ranks, profile_rank, TPJob(shard, dev.kind, only, variants, settings, out_dir, argv, calibrate))
+    launch(ranks, profile_rank, TPJob(shard, dev.kind, only, variants, settings, out_dir, argv, roofs, measured))
     res = results.load(out_dir)
     res.run["wall_s"] = time.perf_counter() - t_start
     results.save(res, out_dir)
@@ -244,6 +257,22 @@ def run_tp(tp: int, model: str, config: dict[str, object], device: str | None, o
         raise CannotRun(f"no op could be measured (see the notes in {out_dir}/results.json)")
 
 
+def rank_roofs(dev: DeviceInfo, ranks: int, calibrate: bool, shard: BlockConfig) -> tuple[Roofs, dict | None]:
+    """The roofs every rank places its rows against, found before the ranks start: no rank waits at a collective
+    while another calibrates. CPU ranks measure with their share of the cores, so the roofs are measured so too."""
+    from roofline import cli, measure
+
+    if dev.kind != "cpu":
+        return measure.load_roofs(dev, calibrate, cli.warn, cli.info, shard)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(rank_threads(ranks))
+    try:
+        rank_dev = dataclasses.replace(dev, cpu_threads=torch.get_num_threads())
+        return measure.load_roofs(rank_dev, calibrate, cli.warn, cli.info, shard)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def profile_rank(job: TPJob) -> None:
     """One rank of `profile --tp`: measure every op of the shard; rank 0 merges and saves after each op."""
     from roofline import measure
@@ -251,17 +280,19 @@ def profile_rank(job: TPJob) -> None:
     info = start_rank(job.kind)
     rank, n = dist.get_rank(), dist.get_world_size()
     say = (lambda m: print(f"[tp {n}] {m}", file=sys.stderr, flush=True)) if rank == 0 else (lambda m: None)
+    step = "the interconnect roof"
     try:
-        roofs, measured = from_rank0(lambda: measure.load_roofs(info, job.calibrate, warn=say, say=say))
+        roofs, measured = dataclasses.replace(job.roofs), job.measured
         roofs.interconnect_bandwidth, roofs.interconnect_source, link = interconnect_roof(info, job.config.dtype)
         say(f"interconnect roof: all-reduce bus bandwidth {fmt.bandwidth(roofs.interconnect_bandwidth)} "
             f"({roofs.interconnect_source})")
         res = Results(run=measure.run_metadata(job.config, info, roofs, job.settings, job.argv, measured))
         res.run.update(tp=job.config.tp, dp=job.config.dp, ranks=n, backend=dist.get_backend(), interconnect=link)
-        plain = Timer(info.torch_device, info.l2_bytes, info.max_sm_clock_mhz or 0)
-        collective = CollectiveTimer(info.torch_device, info.l2_bytes)
+        plain = Timer(info.torch_device, info.cache_bytes, info.max_sm_clock_mhz or 0)
+        collective = CollectiveTimer(info.torch_device, info.cache_bytes)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = job.config.dtype == "tf32"
         for index, (op, variant) in enumerate(plan(job.config, job.only, job.variants)):
+            step = f"{op.name} · {variant.name}"
             timer = collective if op.unit == "comm" else plain
             row = measure.measure(op, variant, job.config, info, roofs, timer, job.settings, index)
             row.rank = rank
@@ -273,6 +304,12 @@ def profile_rank(job: TPJob) -> None:
                 top = res.rows[-n - 1]
                 say(f"{op.name} · {variant.name}: " + (fmt.seconds(top.time_median_s) if top.status == "ok"
                                                          else f"{top.status}: {top.note}"))
+    except Exception as exc:
+        if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower():
+            raise RuntimeError(f"rank {rank} waited {rank_timeout().total_seconds():.0f} s for the other ranks at "
+                               f"{step}: one of them died, hangs or is far slower (ROOFLINE_RANK_TIMEOUT_S sets "
+                               "the wait)") from None
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -307,7 +344,7 @@ def measure_collectives(info: DeviceInfo, size_bytes: int, dtype: str, names: tu
     n, d_model, element_bytes = dist.get_world_size(), 1024, out_bytes(BlockConfig(dtype=dtype))
     tokens = max(n, size_bytes // (d_model * element_bytes) // n * n)
     c = BlockConfig(name="collective", d_model=d_model, seq_len=tokens, dtype=dtype, tp=n)
-    timer = CollectiveTimer(info.torch_device, info.l2_bytes)
+    timer = CollectiveTimer(info.torch_device, info.cache_bytes)
     out = {}
     for index, name in enumerate(names):
         op = comm.COLLECTIVES[name]

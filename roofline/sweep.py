@@ -352,7 +352,7 @@ def sweep_command(
     first = points[0].config
     out_dir = cli.writable_dir(out or Path("reports") / f"{dev.slug}-{first.name}-sweep")
     settings = measure.Settings.for_device(dev, budget)
-    roofs, measured = measure.load_roofs(dev, False, cli.warn, cli.info)
+    roofs, measured = measure.load_roofs(dev, False, cli.warn, cli.info, first)
     run = measure.run_metadata(first, dev, roofs, settings, cli.command_line, measured)
     run["sweep"] = {"seq_lens": sorted({p.config.seq_len for p in points}), "dtypes": dtypes, "block": block,
                     "attention_variants": cli.csv_list(variants)}

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 TARGET_REL_ERR = 0.005
+FIRST_CALL_SAMPLE_S = 0.1  # a CPU op's first call this long counts as a timing sample (Timer.time)
 
 
 @dataclass
@@ -68,14 +69,16 @@ def summarize(samples: list[float], stop_reason: str) -> TimingStats:
 
 def sample_until_stable(run_batch: Callable[[int], list[float]], budget_s: float, min_samples: int = 5,
                         max_samples: int = 2000, target_rel_err: float = TARGET_REL_ERR,
-                        clock: Callable[[], float] = time.perf_counter) -> TimingStats:
+                        clock: Callable[[], float] = time.perf_counter,
+                        initial: list[float] | None = None) -> TimingStats:
     """Call run_batch(k) (which returns k sample times) until the median is stable or the budget is spent.
 
-    At least `min_samples` are always taken, even past the budget, so that every row has statistics.
+    At least `min_samples` are always taken (counting `initial`, samples already taken), even past the budget,
+    so that every row has statistics.
     """
     start = clock()
-    samples: list[float] = []
-    batch = min_samples
+    samples: list[float] = list(initial or [])
+    batch = max(1, min_samples - len(samples))
     while True:
         samples.extend(run_batch(batch))
         n = len(samples)
@@ -93,17 +96,24 @@ def sample_until_stable(run_batch: Callable[[int], list[float]], budget_s: float
 
 
 class Timer:
-    """Times a closure on one device. GPU: events around the closure only, L2 flushed before each sample."""
+    """Times a closure on one device: GPU events or the CPU's perf_counter around the closure only, the last-level
+    cache (the GPU's L2, the CPU's L3) flushed before each sample, so an op reads its inputs from DRAM as in a block
+    (without it a CPU op whose data fits in L3 beats the DRAM roof)."""
 
-    def __init__(self, device: torch.device, l2_bytes: int = 0, sm_clock_mhz: int = 0) -> None:
+    def __init__(self, device: torch.device, cache_bytes: int = 0, sm_clock_mhz: int = 0) -> None:
         self.device = device
         self.is_cuda = device.type == "cuda"
         self._cycles_per_s = sm_clock_mhz * 1e6 if self.is_cuda and hasattr(torch.cuda, "_sleep") else 0.0
         self._sleep_cycles = 0
-        self._flush = None
-        if self.is_cuda:
-            flush_bytes = max(2 * l2_bytes, 64 << 20)
-            self._flush = torch.empty(flush_bytes // 4, dtype=torch.int32, device=device)
+        self._flush_bytes = max(2 * cache_bytes, 64 << 20)
+        self._flush_buffer: torch.Tensor | None = None
+
+    @property
+    def _flush(self) -> torch.Tensor:
+        """The buffer written before each sample (allocated on first use: calibration never flushes)."""
+        if self._flush_buffer is None:
+            self._flush_buffer = torch.empty(self._flush_bytes // 4, dtype=torch.int32, device=self.device)
+        return self._flush_buffer
 
     def sync(self) -> None:
         if self.is_cuda:
@@ -139,6 +149,8 @@ class Timer:
             for _ in range(k):
                 if setup is not None:
                     setup()
+                if flush:
+                    self._flush.zero_()
                 t0 = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - t0)
@@ -149,7 +161,7 @@ class Timer:
             if setup is not None:
                 setup()
             if flush:
-                self._flush.zero_()  # type: ignore[union-attr]
+                self._flush.zero_()
             if self._sleep_cycles:
                 torch.cuda._sleep(self._sleep_cycles)
             start.record()
@@ -173,13 +185,20 @@ class Timer:
         return statistics.median(times)
 
     def time(self, fn: Callable[[], object], budget_s: float, min_samples: int,
-             setup: Callable[[], object] | None = None) -> TimingStats:
+             setup: Callable[[], object] | None = None, first_s: float | None = None) -> TimingStats:
+        """Samples of fn until stable. `first_s`, the time of fn's first call, counts as a sample on a CPU when it is
+        longer than FIRST_CALL_SAMPLE_S: nothing compiles or autotunes there (CPU variants are eager PyTorch), and
+        for the long ops where it saves minutes (a projection at seq 8192 takes seconds) its one-time cost,
+        first-touch of the output pages, is under 1 %."""
+        counts = first_s is not None and not self.is_cuda and first_s >= FIRST_CALL_SAMPLE_S
+        initial = [first_s] if counts else None
         host_s = None
         if self._cycles_per_s:  # sleep twice the launch time (≥ 50 µs, ≤ 50 ms) ahead of each sample
             host_s = self.host_seconds(fn, setup)
             self._sleep_cycles = int(min(max(2 * host_s + 20e-6, 50e-6), 0.05) * self._cycles_per_s)
         try:
-            stats = sample_until_stable(lambda k: self.run_batch(fn, k, setup=setup), budget_s, min_samples)
+            stats = sample_until_stable(lambda k: self.run_batch(fn, k, setup=setup), budget_s, min_samples,
+                                        initial=initial)
         finally:
             self._sleep_cycles = 0
         stats.host_s = host_s

@@ -20,6 +20,9 @@ if "ROOFLINE_CACHE_DIR" not in os.environ:
     os.environ["ROOFLINE_CACHE_DIR"] = _cache
     atexit.register(shutil.rmtree, _cache, True)
 
+# A rank that waits for another (a dead or stuck rank) fails after this, well before gloo's default 300 s.
+os.environ.setdefault("ROOFLINE_RANK_TIMEOUT_S", "90")
+
 # Without a GPU our Triton kernels run under Triton's interpreter. TRITON_INTERPRET is read when a kernel is
 # decorated, so it must be set before any test module imports roofline.kernels.
 import torch  # noqa: E402

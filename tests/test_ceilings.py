@@ -31,9 +31,9 @@ class FakeCalibrate:
     def __init__(self) -> None:
         self.calls: list[tuple[DeviceInfo, bool]] = []
 
-    def __call__(self, info: DeviceInfo, quick: bool = False) -> Ceilings:
+    def __call__(self, info: DeviceInfo, quick: bool = False, **kwargs: object) -> Ceilings:
         self.calls.append((info, quick))
-        return fake_ceilings(info)
+        return dataclasses.replace(fake_ceilings(info), quick=quick)
 
 
 @pytest.fixture
@@ -99,6 +99,44 @@ def test_corrupt_cache_is_recalibrated_and_rewritten(fake_calibrate: FakeCalibra
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
 
 
+def test_a_quick_entry_is_replaced_by_a_full_calibration(fake_calibrate: FakeCalibrate) -> None:
+    get_ceilings(GPU, quick=True)
+    assert get_ceilings(GPU, quick=True)[1] is True  # another quick run uses it
+    measured, from_cache = get_ceilings(GPU)  # `roofline calibrate`: a full one replaces it
+    assert not from_cache and not measured.quick and [q for _, q in fake_calibrate.calls] == [True, False]
+    assert get_ceilings(GPU, quick=True)[1] is True  # a full entry serves quick runs
+
+
+def test_a_cpu_entry_gets_only_the_missing_dtype_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = DeviceInfo(kind="cpu", name="Test CPU", cpu_threads=2)
+    ceilings.save(Ceilings(device=cpu.name, key=cache_key(cpu), peak_flops={"vector.fp32": 5e10}, quick=True),
+                  cache_path(cpu))
+    measured_dtypes: list[str] = []
+
+    def gemm_rate(timer: object, info: object, dtype: str, m: int, n: int, k: int) -> float:
+        measured_dtypes.append(dtype)
+        return 1e9
+
+    monkeypatch.setattr(ceilings, "_probe_rate", lambda timer, info, dtype: 1e9)
+    monkeypatch.setattr(ceilings, "_gemm_rate", gemm_rate)
+    assert get_ceilings(cpu, quick=True, dtypes=("fp32",))[1] is True
+    measured, from_cache = get_ceilings(cpu, quick=True, dtypes=("bf16",), shapes=((64, 96, 96),))
+    assert not from_cache and set(measured_dtypes) == {"bf16"}
+    assert measured.peak_flops == {"vector.fp32": 5e10, "tensor.bf16": 1e9}
+    assert load_cached(cpu) == measured
+
+
+def test_cpu_shapes_are_cut_to_the_time_budget() -> None:
+    """A shape's rows are cut so one call takes ~0.1 s at the probed rate; one left with too few rows is dropped, and
+    a cube too large for the budget shrinks."""
+    rate = 1e9  # an emulated-bf16 CPU
+    shapes = ceilings.cpu_shapes(((8192, 12288, 4096), (512, 512, 512), (64, 64, 64)), rate, budget_s=0.1)
+    assert all(2 * m * n * k <= 0.1 * rate * 1.01 for m, n, k in shapes)
+    assert shapes == ((368, 368, 368), (64, 64, 64))  # 12288 × 4096 would keep one row: left out
+    fast = ceilings.cpu_shapes(((8192, 4096, 4096), (512, 512, 512)), 1e11, budget_s=0.1)
+    assert fast == ((int(0.1 * 1e11 / (2 * 4096 * 4096)), 4096, 4096), (512, 512, 512))
+
+
 def test_cache_hit_does_not_calibrate(fake_calibrate: FakeCalibrate) -> None:
     first, from_cache = get_ceilings(GPU)
     assert not from_cache and len(fake_calibrate.calls) == 1
@@ -123,6 +161,7 @@ def test_calibrate_maps_the_best_gemm_per_dtype_to_its_roof(monkeypatch: pytest.
         c.memory_bandwidth, c.read_bandwidth, c.write_bandwidth = 2e10, 3e10, 1e10
 
     rates = {"fp32": 1.0, "bf16": 10.0}
+    monkeypatch.setattr(ceilings, "_probe_rate", lambda timer, info, dtype: 1e18)  # nothing needs cutting
     monkeypatch.setattr(ceilings, "_cpu_bandwidths", bandwidths)
     monkeypatch.setattr(ceilings, "_gemm_rate", lambda timer, info, dtype, m, n, k: rates[dtype] * m * n * k)
     cpu = DeviceInfo(kind="cpu", name="Test CPU", cpu_threads=2)

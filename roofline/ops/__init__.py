@@ -40,6 +40,11 @@ def ops_for(config: BlockConfig) -> list[Op]:
     return [op for op in BLOCK_ORDER if op.applies(config)]
 
 
+def gemm_shapes(config: BlockConfig) -> tuple[tuple[int, int, int], ...]:
+    """(M, N, K) of the block's plain matmuls (the projections), for a calibration whose roof must bound them."""
+    return tuple(dict.fromkeys(op.gemm_shape(config) for op in ops_for(config) if op.gemm_shape))
+
+
 def plan(config: BlockConfig, only: list[str] | None = None,
          variants: list[str] | None = None) -> list[tuple[Op, Variant]]:
     """(op, variant) pairs to measure, in block order; `only`/`variants` filter by name."""
@@ -55,4 +60,4 @@ def plan(config: BlockConfig, only: list[str] | None = None,
             for v in op.variants if not variants or v.name in variants]
 
 
-__all__ = ["BLOCK_ORDER", "CATALOG", "Op", "Variant", "get_op", "ops_for", "plan"]
+__all__ = ["BLOCK_ORDER", "CATALOG", "Op", "Variant", "gemm_shapes", "get_op", "ops_for", "plan"]

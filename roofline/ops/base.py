@@ -85,6 +85,8 @@ class Op:
     check(config, inputs, output, rows) -> relative error; defaults to output rows vs the reference.
     replaces: for a fused op, the op names of the chain it stands for (those that apply; see fusion.py).
     per_block: how many times the op runs in one block (LayerNorm and residual add run twice).
+    gemm_shape: (M, N, K) of an op that is one plain matmul (the projections): `calibrate` includes these shapes
+    in its search so that the measured roof bounds the block's own GEMMs.
     backward_flops / backward_bytes: the backward pass's FLOPs and compulsory bytes (train mode), given the
     gradient of every differentiable output; None for an op with no backward (the collectives).
     grad_check(config, inputs, output, grads, grad_output, rows) -> relative error of the input gradients, for
@@ -111,6 +113,7 @@ class Op:
     backward_flops_formula: str = ""
     backward_bytes_formula: str = ""
     grad_check: Callable[..., float] | None = None
+    gemm_shape: Callable[[BlockConfig], tuple[int, int, int]] | None = None  # (M, N, K) of a plain matmul op
 
     def step_flops(self, c: BlockConfig) -> int:
         """FLOPs of the work a row times: the forward, plus the backward in train mode."""

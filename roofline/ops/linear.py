@@ -90,6 +90,7 @@ def linear_op(name: str, group: str, in_dim: Callable[[BlockConfig], int],
         bytes_formula="(T·K + K·N + T·N)·bytes  (read x and W, write y; fp8 writes y in bf16)",
         doc=doc,
         applies=applies,
+        gemm_shape=lambda c: (c.tokens, out_dim(c), in_dim(c)),
         backward_flops=lambda c: 4 * c.tokens * in_dim(c) * out_dim(c),
         backward_bytes=lambda c: (2 * c.tokens * in_dim(c) + 2 * in_dim(c) * out_dim(c)
                                   + c.tokens * out_dim(c)) * c.dtype_bytes,
