@@ -38,12 +38,12 @@ next Q·Kᵀ before P·V made ptxas serialise every wgmma, warning C7515), and t
 
 import inspect
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .common import INTERPRET, dot, dot_in_fp32, require_device
 from .softmax import softmax_reference
 
 try:  # host-side TMA descriptors (Triton ≥ 3.4)
@@ -51,7 +51,6 @@ try:  # host-side TMA descriptors (Triton ≥ 3.4)
 except ImportError:
     TensorDescriptor = None
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # Triton runs kernels on the CPU
 HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 LOG2E = math.log2(math.e)
@@ -129,13 +128,6 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
 
 
 @triton.jit
-def _dot(a, b, acc, IN_FP32: tl.constexpr):
-    """tl.dot; IN_FP32 upcasts the operands, for Triton's CPU interpreter, which multiplies the raw
-    bits of bf16 values. On the GPU IN_FP32 is False: bf16/fp16 tensor cores, fp32 accumulation."""
-    return tl.dot(a.to(tl.float32), b.to(tl.float32), acc) if IN_FP32 else tl.dot(a, b, acc)
-
-
-@triton.jit
 def _load_tile(X, X_desc, kv_row, start_n, stride_n, kv_len,
                MASKED: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
     """Read keys (or values) start_n .. start_n + BLOCK_N - 1 of one head: [BLOCK_N, HEAD_DIM].
@@ -159,7 +151,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, K_desc, V_desc, kv_row, stride_kn, s
         start_n = tl.multiple_of(start_n, BLOCK_N)
         # read BLOCK_N keys, s = q·kᵀ
         k = _load_tile(K, K_desc, kv_row, start_n, stride_kn, kv_len, MASKED, TMA, BLOCK_N, HEAD_DIM)
-        qk = _dot(q, tl.trans(k), None, DOT_IN_FP32)
+        qk = dot(q, tl.trans(k), None, DOT_IN_FP32)
         if MASKED:
             offs_n = start_n + tl.arange(0, BLOCK_N)
             visible = offs_n[None, :] < kv_len
@@ -177,7 +169,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, K_desc, V_desc, kv_row, stride_kn, s
         l_i = l_i * alpha + tl.sum(p, 1)
         # read BLOCK_N values, acc = α·acc + p·v
         v = _load_tile(V, V_desc, kv_row, start_n, stride_vn, kv_len, MASKED, TMA, BLOCK_N, HEAD_DIM)
-        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_IN_FP32)
+        acc = dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_IN_FP32)
         m_i = m_ij
     return acc, l_i, m_i
 
@@ -268,8 +260,7 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dims: tupl
         raise ValueError("q, k, v need a contiguous last dimension (stride 1)")
     if k.device != q.device or v.device != q.device:
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if not q.is_cuda and not INTERPRET:
-        raise ValueError(f"q is on {q.device}: the kernel needs a CUDA device (or TRITON_INTERPRET=1)")
+    require_device(q, "q")
 
 
 def tma_supported(device: torch.device) -> bool:
@@ -327,7 +318,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, sca
             v.stride(0), v.stride(1), v.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
             heads, kv_heads, q_len, kv_len, scale * LOG2E)
-    constants = dict(HEAD_DIM=head_dim, CAUSAL=causal, DOT_IN_FP32=INTERPRET and q.dtype == torch.bfloat16)
+    constants = dict(HEAD_DIM=head_dim, CAUSAL=causal, DOT_IN_FP32=dot_in_fp32(q.dtype))
     if config is None:
         _attn_fwd_autotuned[grid](*args, **constants)
     else:

@@ -22,27 +22,19 @@ FLOPs: 4·b·h·kv·hd (padding rows are not useful work).
 """
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .common import INTERPRET, dot, dot_in_fp32
 from .flash_attention import check_qkv
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # Triton runs kernels on the CPU
 HEAD_DIMS = (64, 128)
 LOG2E = math.log2(math.e)
 PROGRAMS_PER_SM = 2  # default num_splits: about two programs per SM ("two waves"), see default_num_splits
 MIN_SPLIT_KEYS = 256  # ... with each split long enough that its partials stay small next to its K/V
 MAX_SPLITS = 128
-
-
-@triton.jit
-def _dot(a, b, acc, IN_FP32: tl.constexpr):
-    """tl.dot; IN_FP32 upcasts the operands, for Triton's CPU interpreter, which multiplies the raw
-    bits of bf16 values. On the GPU IN_FP32 is False: bf16/fp16 tensor cores, fp32 accumulation."""
-    return tl.dot(a.to(tl.float32), b.to(tl.float32), acc) if IN_FP32 else tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -76,7 +68,7 @@ def _split_kv_kernel(Q, K, V, O_part, LSE,
         # read BLOCK_N keys (once for the whole group), s = q·kᵀ
         k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :], mask=in_kv[:, None], other=0.0,
                     eviction_policy="evict_first")
-        qk = tl.where(in_kv[None, :], _dot(q, tl.trans(k), None, DOT_IN_FP32) * qk_scale, float("-inf"))
+        qk = tl.where(in_kv[None, :], dot(q, tl.trans(k), None, DOT_IN_FP32) * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.math.exp2(qk - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
@@ -84,7 +76,7 @@ def _split_kv_kernel(Q, K, V, O_part, LSE,
         # read BLOCK_N values, acc = α·acc + p·v
         v = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :], mask=in_kv[:, None], other=0.0,
                     eviction_policy="evict_first")
-        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_IN_FP32)
+        acc = dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_IN_FP32)
         m_i = m_new
 
     # write GROUP partial rows (the output itself when there is one split) and their log-sum-exps
@@ -188,7 +180,7 @@ def flash_decoding(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
         o.stride(0), o.stride(1), stride_os,
         kv_heads, kv_len, split_len, scale * LOG2E,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, HEAD_DIM=head_dim,
-        WRITE_LSE=num_splits > 1, DOT_IN_FP32=INTERPRET and q.dtype == torch.bfloat16,
+        WRITE_LSE=num_splits > 1, DOT_IN_FP32=dot_in_fp32(q.dtype),
         num_warps=num_warps, num_stages=num_stages)
     if num_splits > 1:
         _combine_kernel[(batch * heads,)](o, lse, out, out.stride(0), out.stride(1), heads, num_splits,

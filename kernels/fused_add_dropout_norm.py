@@ -18,41 +18,23 @@ work and, on H100, about half the bandwidth.
 Backward (autograd, when x, residual, weight or bias requires grad): kernels/fused_add_dropout_norm_backward.py.
 The forward then also writes the per-row mean and rstd (fp32, 2·rows·4 bytes; a constexpr flag keeps the
 forward-only kernel as it was) and saves them with new_residual (an output anyway). The dropout mask is not
-stored: the backward regenerates it from (seed, row, column) with this file's Philox call, which saves the
-rows·d mask bytes a framework dropout keeps. Backward FLOPs: 15·rows·d for LayerNorm with bias (11 for RMSNorm).
+stored: the backward regenerates it from (seed, row, column) with the same Philox call (dropout_philox.py),
+which saves the rows·d mask bytes a framework dropout keeps. Backward FLOPs: 15·rows·d for LayerNorm with bias
+(11 for RMSNorm).
 """
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # Triton runs kernels on the CPU
+from . import fused_add_dropout_norm_backward as _backward
+from .common import require_device
+from .dropout_philox import block_columns, dropout_args, keep, philox_quarters
+
 MAX_COLS = 32768  # the whole row lives in registers: past this it would spill
 NORMS = ("layernorm", "rmsnorm")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-@triton.jit
-def _philox_quarters(seed, row, q, QUARTER: tl.constexpr, HAS_DROPOUT: tl.constexpr):
-    """One Philox call per 4 elements: r_k[i] drops column k·QUARTER + i (forward and backward alike)."""
-    if HAS_DROPOUT:
-        r0, r1, r2, r3 = tl.randint4x(seed, row * QUARTER + q)
-    else:
-        r0, r1, r2, r3 = q, q, q, q
-    return r0, r1, r2, r3
-
-
-@triton.jit
-def _pick(r0, r1, r2, r3, K: tl.constexpr):  # r_K, for a static loop over the quarters
-    return r0 if K == 0 else (r1 if K == 1 else (r2 if K == 2 else r3))
-
-
-@triton.jit
-def _keep(random, keep_threshold):
-    return (random >> 1).to(tl.int32) >= keep_threshold  # 31 uniform bits vs p·2^31
 
 
 @triton.jit
@@ -63,7 +45,7 @@ def _add_dropout(X, R, NEW_R, cols, n_cols, random, keep_threshold, dropout_scal
     x = tl.load(X + cols, mask=in_row, other=0.0).to(tl.float32)
     r = tl.load(R + cols, mask=in_row, other=0.0).to(tl.float32)
     if HAS_DROPOUT:
-        x = tl.where(_keep(random, keep_threshold), x * dropout_scale, 0.0)
+        x = tl.where(keep(random, keep_threshold), x * dropout_scale, 0.0)
     h = r + x
     tl.store(NEW_R + cols, h.to(NEW_R.dtype.element_ty), mask=in_row)
     return h
@@ -101,7 +83,7 @@ def _fused_add_dropout_norm_kernel(
     OUT += offset
     NEW_R += offset
     q = tl.arange(0, QUARTER)
-    r0, r1, r2, r3 = _philox_quarters(seed, row, q, QUARTER, HAS_DROPOUT)
+    r0, r1, r2, r3 = philox_quarters(seed, row, q, QUARTER, HAS_DROPOUT)
     # read x and residual, write new_residual: 4 quarters of QUARTER contiguous columns
     h0 = _add_dropout(X, R, NEW_R, q, n_cols, r0, keep_threshold, dropout_scale, HAS_DROPOUT)
     h1 = _add_dropout(X, R, NEW_R, q + QUARTER, n_cols, r1, keep_threshold, dropout_scale, HAS_DROPOUT)
@@ -167,22 +149,11 @@ def fused_add_dropout_norm(
                              f"got {tuple(t.shape)} {t.dtype}")
     if any(t is not None and t.device != x.device for t in (residual, weight, bias)):
         raise ValueError(f"x, residual, weight and bias must be on one device ({x.device})")
-    if not x.is_cuda and not INTERPRET:
-        raise ValueError(f"x is on {x.device}: the kernel needs a CUDA device (or TRITON_INTERPRET=1)")
+    require_device(x)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, weight, bias)):
         return _FusedAddDropoutNorm.apply(x, residual, weight, bias, p, seed, eps, norm)
     out, new_residual, _, _ = _forward(x, residual, weight, bias, p, seed, eps, norm, store_stats=False)
     return out, new_residual
-
-
-def _block(n_cols: int) -> int:
-    """Columns per program, a power of two >= 4 (four Philox quarters): forward and backward must agree."""
-    return triton.next_power_of_2(max(n_cols, 4))
-
-
-def _dropout_args(p: float) -> tuple[int, float]:
-    """(keep_threshold, dropout_scale): keep when 31 random bits >= p·2^31, then scale by 1 / (1 - p)."""
-    return min(int(p * 2**31), 2**31 - 1), 0.0 if p == 1.0 else 1.0 / (1.0 - p)
 
 
 def _forward(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, p: float,
@@ -197,8 +168,8 @@ def _forward(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias
     mean = torch.empty_like(rstd) if store_stats and not is_rms else None
     if n_rows == 0:
         return out, new_residual, mean, rstd
-    block = _block(n_cols)
-    keep_threshold, dropout_scale = _dropout_args(p)
+    block = block_columns(n_cols)
+    keep_threshold, dropout_scale = dropout_args(p)
     _fused_add_dropout_norm_kernel[(n_rows,)](
         x, residual, weight.contiguous(), bias.contiguous() if bias is not None else weight, out, new_residual,
         mean if mean is not None else out, rstd if rstd is not None else out,
@@ -268,8 +239,3 @@ def fused_add_dropout_norm_reference(
     if bias is not None:
         out = out + bias.to(dtype)
     return out, new_residual
-
-
-# The backward lives in its own module and uses this one's Philox helpers: imported last, as a module, so that
-# either module can be imported first.
-from . import fused_add_dropout_norm_backward as _backward  # noqa: E402

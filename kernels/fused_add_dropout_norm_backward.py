@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_add_dropout_norm import _block, _dropout_args, _keep, _philox_quarters, _pick
+from .dropout_philox import block_columns, dropout_args, keep, philox_quarters, pick
 
 BACKWARD_WARPS = 0  # warps per program (0: by row width, 8 for d = 4096)
 BACKWARD_SPLIT_ROWS = 0  # rows per column program (0: one split, fastest on an H100 at 4096 and 8192 rows)
@@ -69,7 +69,7 @@ def _store_quarter(DX, DR, cols, x_hat, g, e, rstd, mean_g, mean_gx, random, kee
         tl.store(DR + cols, dh.to(DR.dtype.element_ty), mask=in_row)
     if DX is not None:
         if HAS_DROPOUT:
-            dh = tl.where(_keep(random, keep_threshold), dh * dropout_scale, 0.0)
+            dh = tl.where(keep(random, keep_threshold), dh * dropout_scale, 0.0)
         tl.store(DX + cols, dh.to(DX.dtype.element_ty), mask=in_row)
 
 
@@ -97,14 +97,14 @@ def _row_grads(NEW_R, DOUT, DNEW_R, W, MEAN, RSTD, DX, DR, row, seed, keep_thres
                    + tl.sum(g3 * x3, axis=0)) / N_COLS
         if MEAN is not None:
             mean_g = (tl.sum(g0, axis=0) + tl.sum(g1, axis=0) + tl.sum(g2, axis=0) + tl.sum(g3, axis=0)) / N_COLS
-    r0, r1, r2, r3 = _philox_quarters(seed, row, q, QUARTER, HAS_DROPOUT)
+    r0, r1, r2, r3 = philox_quarters(seed, row, q, QUARTER, HAS_DROPOUT)
     if DX is not None:
         DX += offset
     if DR is not None:
         DR += offset
     for k in tl.static_range(4):
-        _store_quarter(DX, DR, q + k * QUARTER, _pick(x0, x1, x2, x3, k), _pick(g0, g1, g2, g3, k),
-                       _pick(e0, e1, e2, e3, k), rstd, mean_g, mean_gx, _pick(r0, r1, r2, r3, k), keep_threshold,
+        _store_quarter(DX, DR, q + k * QUARTER, pick(x0, x1, x2, x3, k), pick(g0, g1, g2, g3, k),
+                       pick(e0, e1, e2, e3, k), rstd, mean_g, mean_gx, pick(r0, r1, r2, r3, k), keep_threshold,
                        dropout_scale, N_COLS, HAS_DROPOUT)
 
 
@@ -181,7 +181,7 @@ def backward(new_residual: torch.Tensor, mean: torch.Tensor | None, rstd: torch.
         return tuple(torch.zeros_like(t) if need else None for t, need in zip(like, needed, strict=True))
     dx = torch.empty_like(new_residual) if needs[0] else None
     dr = torch.empty_like(new_residual) if needs[1] else None
-    block = _block(n_cols)
+    block = block_columns(n_cols)
     weight = weight.contiguous()
     dw = db = part = None
     grid = n_rows if needs[0] or needs[1] else 0
@@ -197,7 +197,7 @@ def backward(new_residual: torch.Tensor, mean: torch.Tensor | None, rstd: torch.
             dw, db = part[0] if need_w else None, part[-1] if need_b else None
         grid += triton.cdiv(n_cols, col_block) * n_splits
     if grid:
-        keep_threshold, dropout_scale = _dropout_args(p)
+        keep_threshold, dropout_scale = dropout_args(p)
         _fused_add_dropout_norm_backward_kernel[(grid,)](
             new_residual, d_out.contiguous() if d_out is not None else None,
             d_new_residual.contiguous() if d_new_residual is not None else None,

@@ -34,13 +34,13 @@ per row again, one-block and looped (pass 1: rowsum(dy ⊙ y); pass 2: re-read, 
 """
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # Triton runs kernels on the CPU
+from .common import require_device
+
 MAX_ONE_BLOCK_COLS = 16384  # longer rows take the looped path
 LOOP_BLOCK_COLS = 4096  # columns per step of the looped path
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -174,8 +174,7 @@ def softmax(x: torch.Tensor, scale: float = 1.0, causal: bool = False, *,
         raise ValueError(f"x must be [..., {'q_len, ' if causal else ''}n_cols], got shape {tuple(x.shape)}")
     if not x.is_contiguous():
         raise ValueError("x must be contiguous (call .contiguous() first)")
-    if not x.is_cuda and not INTERPRET:
-        raise ValueError(f"x is on {x.device}: the kernel needs a CUDA device (or TRITON_INTERPRET=1)")
+    require_device(x, "x")
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     if block_size is not None and (block_size < 16 or block_size & (block_size - 1)):

@@ -1,7 +1,8 @@
 """BlockConfig: the shape of the Transformer block being profiled, from a model preset plus CLI options.
 
-Model presets live in `configs/models/<name>.toml`; every CLI option overrides the preset. All shape maths
-used by the op catalog reads from here, so an op's FLOPs and bytes formulas only see named dimensions.
+Model presets live in `configs/models/<name>.toml` (installed as package data, `roofline.configs`); every CLI
+option overrides the preset. All shape maths used by the op catalog reads from here, so an op's FLOPs and bytes
+formulas only see named dimensions.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
-MODELS_DIR = CONFIGS_DIR / "models"
 DEFAULT_MODEL = "gpt-7b"
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
@@ -105,13 +104,28 @@ class BlockConfig:
                             ffn_dim=self.ffn_dim // tp, tp=self.tp * tp)
 
 
+def configs_dir() -> Path:
+    """configs/: model presets and device datasheets. Installed (`pip install .` or `-e .`) it is the package
+    `roofline.configs`; run from a checkout without installing (PYTHONPATH=.) it is the checkout's folder."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("roofline.configs")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def models_dir() -> Path:
+    return configs_dir() / "models"
+
+
 def available_models() -> list[str]:
-    return sorted(p.stem for p in MODELS_DIR.glob("*.toml"))
+    return sorted(p.stem for p in models_dir().glob("*.toml"))
 
 
 def load_model(name: str) -> dict[str, object]:
     """Read `configs/models/<name>.toml` (or a path to a .toml file) into a dict of BlockConfig fields."""
-    path = Path(name) if name.endswith(".toml") else MODELS_DIR / f"{name}.toml"
+    path = Path(name) if name.endswith(".toml") else models_dir() / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(available_models())
         raise RooflineError(f"unknown model '{name}' (known: {known}, or a path to a .toml file)")

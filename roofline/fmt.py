@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from roofline.results import Results, Row
+    from roofline.results import Results, Row, Run
 
 
 def _scaled(value: float | None, units: list[tuple[float, str]], digits: int = 3) -> str:
@@ -51,6 +51,11 @@ def pct(value: float | None) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.0f} %"
 
 
+def signed_pct(value: float | None) -> str:
+    """'+12 %', '-3 %': a difference in percent, its sign always shown."""
+    return "–" if value is None else f"{value:+.0f} %"
+
+
 def ratio(value: float | None) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.2f}×"
 
@@ -63,17 +68,25 @@ def si(value: float | None, unit: str = "") -> str:
 
 def run_fields(results: Results) -> list[str]:
     """The run in a few words, most general first: model, mode, batch, shape, dtype, device."""
-    c: dict[str, Any] = results.run.get("config", {})  # type: ignore[assignment]
-    device: dict[str, Any] = results.run.get("device", {})  # type: ignore[assignment]
-    shape = f"seq {c.get('seq_len')}" if c.get("mode") != "decode" else f"kv {c.get('kv_len')}"
-    parallel = [f"{name.upper()}={c[name]}" for name in ("tp", "dp") if (c.get(name) or 1) > 1]
-    return [str(c.get("name", "?")), str(c.get("mode", "?")), *parallel, f"batch {c.get('batch')}", shape,
-            str(c.get("dtype")), str(device.get("name", "?"))]
+    c = results.run.config
+    shape = f"seq {c.seq_len}" if c.mode != "decode" else f"kv {c.kv_len}"
+    parallel = [f"{name.upper()}={getattr(c, name)}" for name in ("tp", "dp") if getattr(c, name) > 1]
+    return [c.name, c.mode, *parallel, f"batch {c.batch}", shape, c.dtype, results.run.device.name]
 
 
 def describe_run(results: Results) -> str:
     """'gpt-7b · prefill · batch 1 · seq 8192 · bf16 · NVIDIA H100 SXM': the run in one line (table, plots, report)."""
     return " · ".join(run_fields(results))
+
+
+def moe_line(run: Run) -> str | None:
+    """'FLOPs per token: MoE X vs dense-equivalent Y …' for a mixture-of-experts run (None for a dense one)."""
+    if run.moe is None:
+        return None
+    c, per_token, dense = run.config, run.moe.flops_per_token, run.moe.dense_flops_per_token
+    return (f"FLOPs per token: MoE {flops(per_token)} vs dense-equivalent {flops(dense)} "
+            f"({dense / per_token:.1f}×; top {c.top_k} of {c.n_experts} experts; dense = one "
+            f"FFN of {c.n_experts}×{c.ffn_dim})")
 
 
 def ok_row_note(r: Row) -> str:

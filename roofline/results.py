@@ -1,8 +1,14 @@
-"""Results: one row per (op, variant, shape, dtype, mode) plus run metadata — the contract every later command reads.
+"""Results: the contract every command reads — a typed run record and one row per (op, variant, shape, dtype, mode).
 
-results.json = {"schema_version": 1, "run": {...}, "rows": [...]}. JSON is the source of truth; the pandas
-DataFrame and CSV are views of the rows. Files are written atomically (temp file, then rename) after every
-row, so a crash loses nothing already measured.
+results.json = {"schema_version": 2, "run": {...}, "rows": [...]}. JSON is the source of truth; the pandas
+DataFrame and CSV are views of the rows. Files are written atomically (temp file, then rename) after every row,
+so a crash loses nothing already measured. A results file carries everything needed to render it again — the
+device, the roofs it was placed against, the config and the fusion groups of the catalog that measured it — so an
+old file renders the same tomorrow, without the catalog (and without torch).
+
+Schema versions: 2 adds `run.fusion_groups`, `run.parallel` (was `tp`, `dp`, `ranks`, `backend`, `interconnect`
+at the top of `run`) and `run.moe`; version 1 files are read and upgraded on load (their fusion groups are the
+ones the catalog had then, LEGACY_FUSION_GROUPS).
 """
 
 from __future__ import annotations
@@ -12,14 +18,232 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+import typing
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
+from roofline.config import BlockConfig
 from roofline.errors import RooflineError
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+CEILINGS_VERSION = 2  # the format of a Ceilings entry: a cached entry of another version is measured again
+
+
+@dataclass
+class DeviceInfo:
+    """One device and its headline roofs (detected by measure/device.py). peak_flops keys are '<unit>.<dtype>'."""
+
+    kind: str  # "cuda" | "cpu"
+    name: str
+    index: int = 0
+    sm_count: int = 0
+    compute_capability: str = ""
+    memory_bytes: int = 0
+    l2_bytes: int = 0  # the GPU's L2
+    llc_bytes: int = 0  # the CPU's last-level cache (L3)
+    max_sm_clock_mhz: int = 0
+    max_mem_clock_mhz: int = 0
+    memory_bus_width_bits: int = 0
+    theoretical_bandwidth: float = 0.0
+    power_limit_w: float = 0.0
+    driver: str = ""
+    cuda: str = ""
+    torch: str = ""
+    triton: str = ""
+    cpu_threads: int = 0
+    datasheet: str = ""  # the configs/devices entry that matched, "" if none
+    datasheet_source: str = ""
+    peak_flops: dict[str, float] = field(default_factory=dict)
+    memory_bandwidth: float = 0.0
+    peaks_source: str = "datasheet"  # "datasheet" | "derived from NVML" | "none"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def torch_device(self) -> torch.device:
+        import torch
+
+        return torch.device(f"cuda:{self.index}" if self.kind == "cuda" else "cpu")
+
+    @property
+    def cache_bytes(self) -> int:
+        """The last-level cache the timer flushes before each sample: the GPU's L2 or the CPU's L3."""
+        return self.l2_bytes if self.kind == "cuda" else self.llc_bytes
+
+    @property
+    def slug(self) -> str:
+        """Short lower-case name for folders: 'h100-sxm', 'cpu'."""
+        import re
+
+        if self.kind == "cpu":
+            return "cpu"
+        base = self.datasheet or self.name
+        return re.sub(r"[^a-z0-9]+", "-", base.lower().replace("nvidia", "")).strip("-")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class Ceilings:
+    """Measured roofs of one device (`roofline calibrate`), keyed like DeviceInfo.peak_flops.
+
+    quick: measured by a run's implicit calibration (the run's dtypes and shapes only, smaller buffers); a full
+    `roofline calibrate` replaces it. gemm_shapes holds every shape's rate: the roof is the best of them.
+    """
+
+    device: str
+    key: str
+    peak_flops: dict[str, float] = field(default_factory=dict)
+    memory_bandwidth: float = 0.0  # the copy bandwidth: the roof used for memory-bound ops
+    read_bandwidth: float = 0.0
+    write_bandwidth: float = 0.0
+    l2_bandwidth: float = 0.0
+    gemm_shapes: dict[str, dict[str, float]] = field(default_factory=dict)  # dtype -> "MxNxK" -> FLOP/s
+    wall_s: float = 0.0
+    measured_at: str = ""
+    torch: str = ""
+    version: int = CEILINGS_VERSION
+    quick: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class Settings:
+    """How hard a run measured: budget_s per variant (timing stops earlier once the median is stable)."""
+
+    budget_s: float = 0.5
+    min_samples: int = 5
+    seed: int = 0
+
+
+@dataclass
+class Clocks:
+    """NVML's reading of the GPU at one moment (empty on a CPU or without NVML)."""
+
+    sm_clock_mhz: int | None = None
+    mem_clock_mhz: int | None = None
+    throttle: str = ""
+    other_processes: int | None = None
+
+
+@dataclass
+class Peaks:
+    """The roofs a run was placed against: the datasheet's (the headline) and the measured ones (`calibrate`)."""
+
+    datasheet_flops: dict[str, float] = field(default_factory=dict)
+    datasheet_bandwidth: float = 0.0
+    datasheet_source: str = ""
+    measured: Ceilings | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"datasheet": {"flops": self.datasheet_flops, "memory_bandwidth": self.datasheet_bandwidth,
+                              "source": self.datasheet_source},
+                "measured": self.measured.to_dict() if self.measured else None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Peaks:
+        sheet = data.get("datasheet") or {}
+        measured = data.get("measured")
+        return cls(sheet.get("flops") or {}, sheet.get("memory_bandwidth") or 0.0, sheet.get("source") or "",
+                   from_dict(Ceilings, measured) if isinstance(measured, dict) else None)
+
+
+@dataclass(frozen=True)
+class FusionGroup:
+    """An unfused chain of ops and the op whose fused variants replace it (attention: qk_t → softmax → attn_v)."""
+
+    name: str
+    chain: tuple[str, ...]  # op names, each at its baseline (first) variant
+    fused_op: str  # the op whose fused variants replace the chain
+
+
+# The catalog's fusion groups when schema 1 was written (those files do not carry them).
+LEGACY_FUSION_GROUPS = (FusionGroup("softmax", ("softmax",), "softmax"),
+                        FusionGroup("attention", ("qk_t", "softmax", "attn_v"), "attention"),
+                        FusionGroup("residual_dropout_norm", ("dropout", "residual_add", "layernorm", "rmsnorm"),
+                                    "residual_dropout_norm"),
+                        FusionGroup("moe_experts", ("moe_experts",), "moe_experts"))
+
+
+@dataclass
+class Parallel:
+    """Several ranks (`profile --tp N` / `--dp N`): how many, over what, and the interconnect roof they measured."""
+
+    tp: int = 1
+    dp: int = 1
+    ranks: int = 1
+    backend: str = ""
+    interconnect: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SweepGrid:
+    """What `roofline sweep` measured: every (dtype, N) of the grid."""
+
+    seq_lens: list[int] = field(default_factory=list)
+    dtypes: list[str] = field(default_factory=list)
+    block: bool = True
+    attention_variants: list[str] | None = None
+
+
+@dataclass
+class CountersPass:
+    """The hardware-counter pass of `profile --counters` (Nsight Compute)."""
+
+    tool: str = "ncu"
+    metrics: list[str] = field(default_factory=list)
+    dropped_metrics: list[str] = field(default_factory=list)
+    clock_control: str = "none"
+    kernels: int = 0
+    unmapped_kernels: int = 0
+    counted_rows: int = 0
+    not_counted: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+@dataclass
+class MoeFlops:
+    """FLOPs per token of a mixture-of-experts block against a dense block holding all its experts' parameters."""
+
+    flops_per_token: float
+    dense_flops_per_token: float
+
+
+@dataclass
+class Run:
+    """Everything about a run but its rows: what ran where, against which roofs, and how."""
+
+    roofline_version: str = ""
+    git_commit: str = ""
+    command: str = ""
+    started_at: str = ""
+    python: str = ""
+    device: DeviceInfo = field(default_factory=lambda: DeviceInfo(kind="?", name="?"))
+    clocks_at_start: Clocks = field(default_factory=Clocks)
+    config: BlockConfig = field(default_factory=BlockConfig)
+    settings: Settings = field(default_factory=Settings)
+    peaks: Peaks = field(default_factory=Peaks)
+    fusion_groups: list[FusionGroup] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    parallel: Parallel | None = None
+    sweep: SweepGrid | None = None
+    counters: CountersPass | None = None
+    moe: MoeFlops | None = None
+    wall_s: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["config"] = config_dict(self.config)
+        out["peaks"] = self.peaks.to_dict()
+        return out
 
 
 @dataclass
@@ -70,7 +294,7 @@ class Row:
     throttle: str = ""
     time_samples_s: list[float] = field(default_factory=list)
     host_time_s: float | None = None  # host time to launch one call; above time_median_s the op is host-bound
-    # Hardware counters (`profile --counters`, counters.py): what the op's kernels did move and execute, summed.
+    # Hardware counters (`profile --counters`, measure/counters.py): what the op's kernels moved and executed.
     measured_dram_bytes: float | None = None  # DRAM read + write
     measured_dram_read_bytes: float | None = None
     measured_dram_write_bytes: float | None = None
@@ -79,7 +303,8 @@ class Row:
     measured_flops: float | None = None  # CUDA-core (FMA = 2) + tensor-core FLOPs executed
     measured_tensor_flops: float | None = None
     measured_kernels: int | None = None  # kernels the op launched
-    # Train mode (train.py): time_* above time the whole step (forward + backward); flops and min_bytes count both.
+    # Train mode (measure/train.py): time_* above time the whole step (forward + backward); flops and min_bytes
+    # count both.
     backward_flops: float | None = None
     backward_min_bytes: float | None = None
     backward_time_s: float | None = None  # median of the backward alone, over a kept forward's graph
@@ -102,14 +327,16 @@ REQUIRED_FIELDS = [f.name for f in dataclasses.fields(Row) if f.default is datac
 
 @dataclass
 class Results:
-    run: dict[str, object]
+    run: Run
     rows: list[Row] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
-        return {"schema_version": SCHEMA_VERSION, "run": _clean(self.run),
+        return {"schema_version": SCHEMA_VERSION, "run": _clean(self.run.to_dict()),
                 "rows": [_clean(dataclasses.asdict(r)) for r in self.rows]}
 
     def to_dataframe(self, with_samples: bool = False) -> pd.DataFrame:
+        import pandas as pd
+
         df = pd.DataFrame([dataclasses.asdict(r) for r in self.rows], columns=ROW_FIELDS)
         return df if with_samples else df.drop(columns=["time_samples_s"])
 
@@ -123,13 +350,56 @@ class Results:
         return None
 
 
+def config_dict(c: BlockConfig) -> dict[str, object]:
+    """A config as results.json holds it: its fields, and the derived q_len, kv_len and tokens for readers."""
+    return {**asdict(c), "q_len": c.q_len, "kv_len": c.kv_len, "tokens": c.tokens}
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """A dataclass from its dict, nested dataclasses too; unknown keys are dropped, missing ones take defaults."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            values[f.name] = _convert(hints[f.name], data[f.name])
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    """value as the type `hint` says: a dataclass (or one in `X | None`), a list or tuple of them, else as is."""
+    if value is None:
+        return None
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple) and args and dataclasses.is_dataclass(args[0]):
+        return origin(_convert(args[0], v) for v in value)
+    if origin is tuple:
+        return tuple(value)
+    target = hint if dataclasses.is_dataclass(hint) else next((a for a in args if dataclasses.is_dataclass(a)), None)
+    if target is not None and isinstance(value, dict):
+        return target.from_dict(value) if hasattr(target, "from_dict") else from_dict(target, value)
+    return value
+
+
+def run_from_dict(data: dict[str, Any]) -> Run:
+    """The run record of a results.json, either schema: version 1's top-level tp/dp/ranks/backend/interconnect
+    become `parallel`, and its fusion groups are the catalog's of that time."""
+    data = dict(data)
+    if "fusion_groups" not in data:  # schema 1
+        data["fusion_groups"] = [asdict(g) for g in LEGACY_FUSION_GROUPS]
+        if "tp" in data or "dp" in data:
+            data["parallel"] = {k: data.pop(k) for k in ("tp", "dp", "ranks", "backend", "interconnect") if k in data}
+            data["parallel"].setdefault("ranks", data["parallel"].get("tp", 1) * data["parallel"].get("dp", 1))
+    return from_dict(Run, data)
+
+
 def _clean(value: object) -> object:
     """JSON has no NaN/inf: store them as null (a failed check's error of inf reads as 'not finite')."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
 
@@ -164,7 +434,7 @@ def save(results: Results, out_dir: Path) -> None:
 
 
 def load(path: str | Path) -> Results:
-    """Read a results.json, with one clear line for a missing, corrupt or incompatible file."""
+    """Read a results.json (schema 1 or 2), with one clear line for a missing, corrupt or incompatible file."""
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
@@ -176,9 +446,9 @@ def load(path: str | Path) -> Results:
         raise RooflineError(f"{path} is not a valid results.json: {exc}") from None
     if not isinstance(data, dict) or "schema_version" not in data:
         raise RooflineError(f"{path} is not a roofline results file (no schema_version)")
-    if data["schema_version"] != SCHEMA_VERSION:
-        raise RooflineError(f"{path} has schema version {data['schema_version']}; this roofline reads "
-                            f"version {SCHEMA_VERSION} (re-run `roofline profile` to regenerate it)")
+    if data["schema_version"] not in READABLE_SCHEMAS:
+        raise RooflineError(f"{path} has schema version {data['schema_version']}; this roofline reads versions "
+                            f"{', '.join(map(str, READABLE_SCHEMAS))} (re-run `roofline profile` to regenerate it)")
     rows = data.get("rows")
     if not isinstance(rows, list) or not isinstance(data.get("run"), dict):
         raise RooflineError(f"{path} is missing its 'run' or 'rows'")
@@ -190,4 +460,8 @@ def load(path: str | Path) -> Results:
         if missing:
             raise RooflineError(f"{path}: row {i} lacks {', '.join(missing)}")
         parsed.append(Row(**{k: v for k, v in raw.items() if k in ROW_FIELDS}))
-    return Results(run=data["run"], rows=parsed)
+    try:
+        run = run_from_dict(data["run"])
+    except (TypeError, ValueError) as exc:
+        raise RooflineError(f"{path}: its 'run' record is malformed: {exc}") from None
+    return Results(run=run, rows=parsed)

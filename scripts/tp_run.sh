@@ -23,8 +23,8 @@ step() {  # step NAME COMMAND...: run with a time limit, keep stdout/stderr, pri
 }
 nvidia-smi topo -m >"$R/topo.txt" 2>&1; nvidia-smi >"$R/nvidia-smi.txt" 2>&1; head -n 14 "$R/nvidia-smi.txt"
 step interconnect python3 -c "
-from roofline import device, parallel
-parallel.calibrate_interconnect(device.detect('cuda'), ranks=(2, 4), force=True, say=print)"
+from roofline.measure import device, interconnect
+interconnect.calibrate_interconnect(device.detect('cuda'), ranks=(2, 4), force=True, say=print)"
 args=(--model "$MODEL" --seq-len "$SEQ" --budget "$BUDGET")
 [ -n "$VARIANTS" ] && args+=(--variants "$VARIANTS")
 for tp in 1 2 4; do

@@ -31,7 +31,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from roofline.config import BlockConfig, make_config  # noqa: E402
-from roofline.device import DeviceInfo, detect  # noqa: E402
+from roofline.measure.device import detect
+from roofline.results import DeviceInfo  # noqa: E402
 
 # Small and deliberately odd: 6 heads of 16 (GQA 6/2 for Llama-like models), FFN 160, 37 tokens, batch 2.
 SMALL_SHAPE = {"d_model": 96, "n_heads": 6, "head_dim": 16, "ffn_dim": 160, "seq_len": 37, "batch": 2}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from roofline import ceilings
-from roofline.ceilings import Ceilings, cache_key, cache_path, get_ceilings, load_cached
-from roofline.device import DeviceInfo
+from roofline.measure import ceilings
+from roofline.measure.ceilings import cache_key, cache_path, get_ceilings, load_cached
+from roofline.results import Ceilings, DeviceInfo
 
 GPU = DeviceInfo(kind="cuda", name="NVIDIA H100 80GB HBM3", driver="550.54.15", max_sm_clock_mhz=1980,
                  max_mem_clock_mhz=2619, sm_count=132)

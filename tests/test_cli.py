@@ -93,7 +93,7 @@ def test_profile_writes_results(cpu_profile) -> None:
     assert (cpu_profile.out_dir / "results.csv").is_file()
     data = json.loads((cpu_profile.out_dir / "results.json").read_text())
     assert json.loads(cpu_profile.stdout) == data  # --json - prints exactly what was saved
-    assert data["schema_version"] == SCHEMA_VERSION == 1
+    assert data["schema_version"] == SCHEMA_VERSION == 2
 
 
 def test_profile_run_metadata(cpu_profile) -> None:

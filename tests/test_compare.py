@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from roofline import cli
-from roofline.compare import align, bootstrap_ratio_ci, compare_files, judge, mann_whitney, to_markdown
+from roofline.analysis.compare import align, bootstrap_ratio_ci, compare_files, judge, mann_whitney
+from roofline.render.markdown import compare_markdown
 from roofline.results import load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,7 +197,7 @@ def test_rows_in_only_one_file_are_listed(cpu_runs: list[Path], tmp_path: Path,
     code, out, _ = run_cli(capsys, base, fewer)
     assert code == 0 and "only in new" not in out
     assert "only in base: gelu · torch (b1 s64 fp32 prefill)" in out
-    assert "<details><summary>1 rows in only one file</summary>" in to_markdown([c])
+    assert "<details><summary>1 rows in only one file</summary>" in compare_markdown([c])
 
 
 def test_more_than_two_files_compare_each_to_the_first(cpu_runs: list[Path], tmp_path: Path,
@@ -229,7 +230,7 @@ def test_reference_runs_across_devices_are_informational(capsys: pytest.CaptureF
     for base, new in pairs:
         code, out, err = run_cli(capsys, base, new)
         assert code == 0 and "geomean speedup" in out
-        if load(base).run["device"]["name"] != load(new).run["device"]["name"]:
+        if load(base).run.device.name != load(new).run.device.name:
             assert "different devices" in err
 
 
@@ -262,7 +263,7 @@ def second_file(case: str, base: Path, tmp_path: Path) -> Path:
     if case == "other model":
         return derived(base, tmp_path / "m.json", run_changes={"run.config.name": "llama3-8b"})
     if case == "other schema":
-        return derived(base, tmp_path / "s.json", run_changes={"schema_version": 2})
+        return derived(base, tmp_path / "s.json", run_changes={"schema_version": 3})
     if case == "corrupt":
         (tmp_path / "c.json").write_text("{not json")
         return tmp_path / "c.json"

@@ -114,3 +114,31 @@ def test_a_bad_model_file_is_one_line(tmp_path: Path, text: str, expected: str) 
 def test_a_missing_model_file_is_an_unknown_model(tmp_path: Path) -> None:
     with pytest.raises(RooflineError, match="unknown model"):
         make_config(str(tmp_path / "absent.toml"))
+
+
+def test_every_package_ships_in_the_wheel() -> None:
+    """pyproject's package list names every package of roofline/ (and kernels/, configs/ as roofline.kernels and
+    roofline.configs, with their data), so `pip install .` (not only -e) has them all."""
+    import sys
+    from pathlib import Path
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    repo = Path(__file__).resolve().parent.parent
+    setuptools = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(repo).parts) for p in (repo / "roofline").rglob("__init__.py")}
+    assert on_disk | {"roofline.kernels", "roofline.configs"} == set(setuptools["packages"])
+    assert setuptools["package-dir"] == {"roofline": "roofline", "roofline.kernels": "kernels",
+                                         "roofline.configs": "configs"}
+    data = setuptools["package-data"]
+    assert sorted(data["roofline.configs"]) == ["devices/*.toml", "models/*.toml"]
+    assert (repo / "roofline/render/templates/report.html.j2").is_file() and data["roofline.render.templates"]
+
+
+def test_configs_are_found_where_the_package_is_installed() -> None:
+    from roofline.config import configs_dir
+
+    assert (configs_dir() / "models" / "gpt-7b.toml").is_file() and list((configs_dir() / "devices").glob("*.toml"))

@@ -17,10 +17,15 @@ import pytest
 import torch
 from rich.console import Console
 
-from roofline import counters, counters_plot, ncu, results
+from roofline import results
+from roofline.analysis import counters as gaps
 from roofline.config import make_config
-from roofline.errors import CannotRun
-from roofline.ncu import Kernel
+from roofline.measure import counters, ncu
+from roofline.measure.ncu import Kernel
+from roofline.measure.ncu_worker import WORKER_TAG, range_name
+from roofline.render.figures import counters as counters_plot
+from roofline.render.html import write_figure
+from roofline.render.table import counters_table
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).parent / "fixtures" / "ncu_h100_raw.csv"
@@ -30,7 +35,7 @@ FIXTURE_PAIRS = {("layernorm", "torch"), ("softmax", "torch"), ("qkv_proj", "tor
 
 
 def kernel(op: str | None, variant: str = "torch", **metrics: float | None) -> Kernel:
-    nvtx = f"<default>:{counters.range_name(op, variant)}" if op else ""
+    nvtx = f"<default>:{range_name(op, variant)}" if op else ""
     return Kernel(id="0", name="k", nvtx=nvtx, metrics=dict(metrics))
 
 
@@ -125,16 +130,16 @@ def test_merge_fills_only_ok_rows_with_kernels() -> None:
     ({"measured_flops": 100.0, "measured_kernels": 1, "unit": "tensor"}, ["tensor-core counters"]),
 ])
 def test_explain_gap_rules(fields: dict[str, object], words: list[str]) -> None:
-    text = counters.explain_gap(_row(**fields))
+    text = gaps.explain_gap(_row(**fields))
     for word in words:
         assert word in text
 
 
 def test_explain_gap_is_silent_when_counters_agree_or_are_missing() -> None:
-    assert counters.explain_gap(_row(measured_dram_bytes=1100.0, measured_flops=900.0, measured_kernels=1)) == ""
-    assert counters.explain_gap(_row()) == ""
-    assert counters.pct_diff(1000.0, 1100.0) == pytest.approx(10.0)
-    assert counters.pct_diff(0.0, 5.0) is None and counters.pct_diff(None, 5.0) is None
+    assert gaps.explain_gap(_row(measured_dram_bytes=1100.0, measured_flops=900.0, measured_kernels=1)) == ""
+    assert gaps.explain_gap(_row()) == ""
+    assert gaps.pct_diff(1000.0, 1100.0) == pytest.approx(10.0)
+    assert gaps.pct_diff(0.0, 5.0) is None and gaps.pct_diff(None, 5.0) is None
 
 
 # --- the driver ----------------------------------------------------------------------------------------------------
@@ -143,23 +148,19 @@ def test_explain_gap_is_silent_when_counters_agree_or_are_missing() -> None:
 def gpu_like_results(cpu_profile, tmp_path: Path) -> tuple[results.Results, Path]:  # type: ignore[no-untyped-def]
     """A copy of the real CPU run, its device relabelled CUDA, so the driver gets as far as looking for ncu."""
     res = results.load(cpu_profile.out_dir)
-    res.run["device"] = {**res.run["device"], "kind": "cuda", "index": 0}  # type: ignore[dict-item]
+    res.run.device = dataclasses.replace(res.run.device, kind="cuda", index=0)
     results.save(res, tmp_path)
     return res, tmp_path
 
 
-def _items(res: results.Results) -> list:
-    from roofline.ops import get_op
-
-    return [(get_op(r.op), get_op(r.op).variant(r.variant)) for r in res.rows]
-
-
-def _pass(res: results.Results, out_dir: Path, ncu_path: str | None = None) -> tuple[Exception | None, str]:
+def _pass(res: results.Results, out_dir: Path, ncu_path: str | None = None) -> tuple[str | None, str]:
+    """(why nothing was counted or None, what the pass said and the counters table)."""
+    said: list[str] = []
+    pairs = [(r.op, r.variant) for r in res.rows]
+    problem = counters.count(res, pairs, res.run.config, out_dir, ncu_path, lambda *a: None, said.append)
     console = Console(record=True, width=200)
-    config = make_config(**{k: v for k, v in res.run["config"].items()  # type: ignore[union-attr]
-                            if k not in ("q_len", "kv_len", "tokens", "name")})
-    problem = counters.run_counters_pass(res, _items(res), config, out_dir, ncu_path, console)
-    return problem, console.export_text()
+    console.print(counters_table(res))
+    return problem, "\n".join(said) + console.export_text()
 
 
 def test_no_ncu_on_path_is_a_clear_message_and_keeps_the_timing(gpu_like_results, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -168,7 +169,6 @@ def test_no_ncu_on_path_is_a_clear_message_and_keeps_the_timing(gpu_like_results
     monkeypatch.setattr(ncu, "TOOLKIT_NCU", str(out_dir / "no-such-ncu"))
     before = (out_dir / "results.json").read_text()
     problem, _ = _pass(res, out_dir)
-    assert isinstance(problem, CannotRun) and problem.exit_code == 3
     assert "`ncu` is not on PATH" in str(problem) and "--ncu" in str(problem)
     assert (out_dir / "results.json").read_text() == before
 
@@ -176,13 +176,13 @@ def test_no_ncu_on_path_is_a_clear_message_and_keeps_the_timing(gpu_like_results
 def test_bad_ncu_path_is_named(gpu_like_results) -> None:  # type: ignore[no-untyped-def]
     res, out_dir = gpu_like_results
     problem, _ = _pass(res, out_dir, "/nowhere/ncu")
-    assert isinstance(problem, CannotRun) and "no ncu at /nowhere/ncu" in str(problem)
+    assert "no ncu at /nowhere/ncu" in str(problem)
 
 
 def test_cpu_run_cannot_be_counted(cpu_profile, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     res = results.load(cpu_profile.out_dir)
     problem, _ = _pass(res, tmp_path)
-    assert isinstance(problem, CannotRun) and "NVIDIA GPU" in str(problem)
+    assert "NVIDIA GPU" in str(problem)
 
 
 def test_counted_rows_are_merged_saved_tabled_and_plotted(gpu_like_results, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -192,7 +192,7 @@ def test_counted_rows_are_merged_saved_tabled_and_plotted(gpu_like_results, monk
     # A real run's row scaled: the first op's kernels moved twice its minimum bytes and executed its FLOPs.
     found = [kernel(first.op, first.variant, **m(read=first.min_bytes, write=first.min_bytes, l2=3 * first.min_bytes,
                                                  l1=5 * first.min_bytes, fadd=first.flops))]
-    log = "".join(f"{counters.WORKER_TAG} failed {r.op}:{r.variant}: RuntimeError: boom\n" for r in rest)
+    log = "".join(f"{WORKER_TAG} failed {r.op}:{r.variant}: RuntimeError: boom\n" for r in rest)
     run = ncu.NcuRun(csv_text="ID\n", log=log, metrics=list(counters.METRICS))
     monkeypatch.setattr(counters, "profile_plan", lambda *a: run)
     monkeypatch.setattr(ncu, "parse_raw_csv", lambda text: found)
@@ -201,10 +201,10 @@ def test_counted_rows_are_merged_saved_tabled_and_plotted(gpu_like_results, monk
     saved = results.load(out_dir)
     row = saved.find(first.op, first.variant)
     assert row is not None and row.measured_dram_bytes == 2 * first.min_bytes and row.measured_kernels == 1
-    assert saved.run["counters"]["counted_rows"] == 1  # type: ignore[index]
-    assert all("boom" in item for item in saved.run["counters"]["not_counted"])  # type: ignore[index]
+    assert saved.run.counters.counted_rows == 1
+    assert all("boom" in item for item in saved.run.counters.not_counted)
     assert "Analytic vs measured" in text and "+100 %" in text and "2.0× the minimum" in text
-    assert (out_dir / "counters_roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert counters_plot.counters_figure(saved) is not None
     assert json.loads((out_dir / "counters" / "plan.json").read_text())["items"][0] == [first.op, first.variant]
 
 
@@ -213,7 +213,7 @@ def test_nothing_counted_is_exit_3(gpu_like_results, monkeypatch) -> None:  # ty
     monkeypatch.setattr(counters, "profile_plan", lambda *a: ncu.NcuRun("ID\n", "", []))
     monkeypatch.setattr(ncu, "parse_raw_csv", lambda text: [kernel(None)])
     problem, _ = _pass(res, out_dir)
-    assert isinstance(problem, CannotRun) and "no kernel could be tied" in str(problem)
+    assert "no kernel could be tied" in str(problem)
 
 
 def test_cli_counters_on_cpu_exits_3_and_keeps_results(tmp_path: Path) -> None:
@@ -287,17 +287,17 @@ def test_hierarchical_plot_from_results_with_counters(cpu_profile, tmp_path: Pat
     for r in res.ok_rows():  # the real rows, with counters derived from their own bytes
         r.measured_dram_bytes, r.measured_l2_bytes, r.measured_l1_bytes = r.min_bytes, 3 * r.min_bytes, 9 * r.min_bytes
         r.measured_flops, r.measured_kernels = r.flops, 1
-    measured = res.run["peaks"]["measured"]  # type: ignore[index]
-    assert measured and measured["memory_bandwidth"]
-    roofs = counters_plot.memory_roofs(res.run)
+    measured = res.run.peaks.measured
+    assert measured and measured.memory_bandwidth
+    roofs = counters_plot.memory_roofs(res)
     assert roofs["DRAM"][1] == "measured" and "L1" not in roofs
-    paths = counters_plot.render(res, tmp_path)
+    paths, _ = write_figure(counters_plot.counters_figure(res), tmp_path, "counters_roofline")
     assert [p.name for p in paths] == ["counters_roofline.png", "counters_roofline.svg"]
     assert paths[0].read_bytes()[:4] == b"\x89PNG" and b"no roof" in paths[1].read_bytes()
 
 
 def test_hierarchical_plot_needs_counters(cpu_profile, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    assert counters_plot.render(results.load(cpu_profile.out_dir), tmp_path) == []
+    assert counters_plot.counters_figure(results.load(cpu_profile.out_dir)) is None
 
 
 # --- the real H100 capture ---------------------------------------------------------------------------------------
@@ -310,7 +310,7 @@ def captured() -> list[Kernel]:
 @pytest.fixture(scope="module")
 def captured_rows(captured: list[Kernel]) -> list[results.Row]:
     """The capture's (op, variant) rows as `profile` builds them (formulas from the catalog), counters merged."""
-    from roofline.measure import base_row
+    from roofline.measure.variant import base_row
     from roofline.ops import get_op
 
     c = make_config("gpt-7b", seq_len=2048, dtype="bf16")
@@ -360,7 +360,7 @@ def test_real_capture_unfused_attention_moves_far_more_dram_than_fused(captured_
 ])
 def test_real_capture_gaps_are_explained(captured_rows: list[results.Row], op: str, variant: str,
                                          words: list[str]) -> None:
-    text = counters.explain_gap(_captured(captured_rows, op, variant))
+    text = gaps.explain_gap(_captured(captured_rows, op, variant))
     assert all(word in text for word in words) and bool(text) == bool(words), text
 
 
@@ -373,9 +373,9 @@ def test_real_capture_hierarchical_plot(captured_rows: list[results.Row], captur
     qkv = _captured(rows, "qkv_proj", "torch")
     assert set(counters_plot.op_points(qkv)[1]) == {"L2", "DRAM"}  # TMA: no L1 point for the GEMM
     assert set(counters_plot.op_points(_captured(rows, "layernorm", "torch"))[1]) == {"L1", "L2", "DRAM"}
-    run = {"config": dataclasses.asdict(make_config("gpt-7b", seq_len=2048, dtype="bf16")),
-           "device": {"name": "NVIDIA H100 80GB HBM3"}, "peaks": {"measured": None}}
-    paths = counters_plot.render(results.Results(run=run, rows=rows), tmp_path)
+    run = results.Run(config=make_config("gpt-7b", seq_len=2048, dtype="bf16"),
+                      device=results.DeviceInfo(kind="cuda", name="NVIDIA H100 80GB HBM3"))
+    paths, _ = write_figure(counters_plot.counters_figure(results.Results(run=run, rows=rows)), tmp_path, "c")
     assert paths[0].read_bytes()[:4] == b"\x89PNG"
 
 
@@ -384,9 +384,9 @@ def test_real_capture_hierarchical_plot(captured_rows: list[results.Row], captur
 def test_worker_runs_a_plan_on_the_gpu(tmp_path: Path) -> None:
     c = make_config("gpt-7b", seq_len=64, dtype="bf16")
     counters.write_plan(tmp_path / "plan.json", c, [("layernorm", "torch"), ("qkv_proj", "torch")], "cuda")
-    out = subprocess.run([sys.executable, "-m", "roofline.counters", "worker", "--plan", str(tmp_path / "plan.json")],
+    out = subprocess.run([sys.executable, "-m", "roofline.measure.ncu_worker", str(tmp_path / "plan.json")],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert out.returncode == 0 and out.stdout.count(f"{counters.WORKER_TAG} start") == 2
+    assert out.returncode == 0 and out.stdout.count(f"{WORKER_TAG} start") == 2
     assert "failed" not in out.stdout, out.stdout
 
 

@@ -66,8 +66,8 @@ def test_dp_without_train_on_the_command_line_is_one_line_and_exit_2(capsys) -> 
 
 def test_profile_dp2_measures_whole_replicas_and_the_gradients_all_reduce(train_runs) -> None:
     res = train_runs["dp2"]
-    assert (res.run["tp"], res.run["dp"], res.run["ranks"]) == (1, 2, 2)
-    assert res.run["config"]["dp"] == 2 and res.run["config"]["n_heads"] == TINY["n_heads"]
+    assert (res.run.parallel.tp, res.run.parallel.dp, res.run.parallel.ranks) == (1, 2, 2)
+    assert res.run.config.dp == 2 and res.run.config.n_heads == TINY["n_heads"]
     grads = [r for r in res.rows if r.op == "allreduce_grads"]
     assert [r.rank for r in grads] == [None, 0, 1]
     c = make_config("gpt-7b", **{k: v for k, v in TINY.items() if k != "name"}, mode="train", dp=2, dtype="fp32")
@@ -93,13 +93,13 @@ def test_every_rank_row_of_a_parallel_train_run_is_measured(train_runs) -> None:
     for name, res in train_runs.items():
         bad = [(r.op, r.variant, r.rank, r.note) for r in res.rows if r.status != "ok"]
         assert not bad, (name, bad)
-        assert Path(res.run["command"].split("--out ")[-1]).name == name
+        assert Path(res.run.command.split("--out ")[-1]).name == name
 
 
 def test_committed_dp4_run_on_four_gpus() -> None:
     """The 4-GPU data-parallel training run: the gradients' all-reduce near the interconnect roof, labelled DP."""
+    from roofline.analysis.scaling import split_line
     from roofline.results import Results
-    from roofline.tp_scaling import split_line
 
     res = results.load(Path(__file__).parent.parent / "reports/reference/h200x4/train/gpt-7b-train-s4096-dp4")
     top = Results(run=res.run, rows=[r for r in res.rows if r.rank is None])

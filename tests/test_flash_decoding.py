@@ -125,10 +125,10 @@ def test_catalog_variant_passes_the_attention_check_in_decode() -> None:
 
 @pytest.mark.parametrize("mode", ["prefill", "train"])
 def test_catalog_variant_is_skipped_outside_decode(mode: str) -> None:
-    from roofline import measure
-    from roofline.device import detect
+    from roofline.measure import variant as measure
+    from roofline.measure.device import detect
+    from roofline.measure.timer import Timer
     from roofline.ops import get_op
-    from roofline.timing import Timer
 
     info, op = detect("cpu"), get_op("attention")
     roofs = measure.Roofs(datasheet_flops={}, datasheet_bandwidth=0.0, measured_flops={}, measured_bandwidth=1e10)

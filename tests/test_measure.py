@@ -9,12 +9,14 @@ import types
 import pytest
 import torch
 
-from roofline import measure, model
+from roofline.analysis import placement as model
+from roofline.analysis.placement import Roofs
 from roofline.errors import Unsupported
-from roofline.measure import Roofs, Settings
+from roofline.measure import variant as measure
+from roofline.measure.timer import Timer
 from roofline.ops import CATALOG, get_op
 from roofline.ops.base import Variant
-from roofline.timing import Timer
+from roofline.results import Settings
 
 SETTINGS = Settings(budget_s=0.02, min_samples=3)
 ROOFS = Roofs(datasheet_flops={}, datasheet_bandwidth=0.0,

@@ -9,12 +9,14 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from roofline import measure
-from roofline.measure import Roofs, Settings
+from roofline import fmt
+from roofline.analysis.placement import Roofs
+from roofline.measure import variant as measure
+from roofline.measure.timer import Timer
 from roofline.ops import get_op, ops_for
 from roofline.ops.base import default_check
-from roofline.ops.moe import balanced_routing, block_flops, flops_per_token_line, touched_experts
-from roofline.timing import Timer
+from roofline.ops.moe import balanced_routing, block_flops, moe_flops, touched_experts
+from roofline.results import Run, Settings
 
 CPU = torch.device("cpu")
 # 36 tokens × top 2 = 72 slots: 9 per expert, so padded bmm pads nothing and every count is exact.
@@ -145,12 +147,13 @@ def test_flops_per_token_moe_vs_dense_equivalent(small_config, mixtral) -> None:
     # the MoE runs k experts (matmul FLOPs only, as the experts' formula counts them) plus the router.
     saved = (block_flops(dense) - block_flops(c)) / c.tokens
     assert saved == 2 * 3 * d * f * (e - k) + 6 * e * f - router_per_token
-    line = flops_per_token_line(c)
+    flops = moe_flops(c)  # measured runs save it in their record; the table's line reads it from there
+    assert flops.flops_per_token == block_flops(c) / c.tokens
+    assert flops.dense_flops_per_token == block_flops(dense) / dense.tokens
+    line = fmt.moe_line(Run(config=c, moe=flops))
     assert line and line.startswith("FLOPs per token: MoE ") and "dense-equivalent" in line
     assert "top 2 of 8 experts" in line
-    config_dict = {**c.__dict__, "q_len": c.q_len, "tokens": c.tokens}  # as saved in results.json
-    assert flops_per_token_line(config_dict) == line
-    assert flops_per_token_line(small_config("llama3-8b")) is None
+    assert moe_flops(small_config("llama3-8b")) is None and fmt.moe_line(Run(config=small_config("llama3-8b"))) is None
 
 
 @pytest.mark.parametrize("model", ["mixtral-8x7b", "llama3-8b", "gpt-7b"])
@@ -171,7 +174,7 @@ def test_decode_measures_every_op_of_the_block(monkeypatch, cpu_info, small_conf
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_every_moe_variant_on_the_gpu(mixtral) -> None:
     """On the device machine: the grouped GEMM (sm90), padded bmm and loop all pass their check in bf16."""
-    from roofline.device import detect
+    from roofline.measure.device import detect
 
     info = detect("cuda")
     c = mixtral(dtype="bf16", d_model=128, ffn_dim=256, seq_len=257)

@@ -9,6 +9,7 @@ compute / memory / communication split, and the scaling efficiency when TP=1 is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -19,13 +20,16 @@ import torch
 import torch.distributed as dist
 from test_report import REFERENCE_DIR, _parse
 
-from roofline import fmt, parallel, report, results
+from roofline import fmt, results
+from roofline.analysis.scaling import block_split, scaling, split_line
 from roofline.cli import main
 from roofline.config import make_config
 from roofline.errors import CannotRun, RooflineError
+from roofline.measure import interconnect, parallel, ranks
 from roofline.ops import comm, get_op, ops_for, plan
+from roofline.render import html as report
+from roofline.render import report_context
 from roofline.results import Results, Row
-from roofline.tp_scaling import block_split, scaling, split_line
 
 # The issue's small block: d_model 64, 4 heads (2 KV heads here), FFN 128; written as a model .toml for the CLI.
 TINY = {"name": "tiny", "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16, "ffn_dim": 128}
@@ -150,7 +154,7 @@ def sharded_block_errors(seed: int) -> list[float]:
     """In each rank: max |sharded − whole| / max |whole| of every block in BLOCKS (run with parallel.launch)."""
     from roofline.ops.ffn import up_width
 
-    parallel.start_rank("cpu")
+    ranks.start_rank("cpu")
     rank, n = dist.get_rank(), dist.get_world_size()
     errors = []
     for overrides in BLOCKS:
@@ -173,7 +177,7 @@ def sharded_block_errors(seed: int) -> list[float]:
 
 
 def test_sharded_block_equals_the_whole_block() -> None:
-    errors = parallel.launch(2, sharded_block_errors, 0)
+    errors = ranks.launch(2, sharded_block_errors, 0)
     assert set(errors) == {0, 1}
     assert all(e <= 1e-5 for rank_errors in errors.values() for e in rank_errors), errors
 
@@ -185,7 +189,7 @@ def failing_rank() -> None:
 
 def test_a_failing_rank_is_one_line() -> None:
     with pytest.raises(CannotRun, match="rank 0 of 1 failed: ValueError: boom"):  # one process: cheaper
-        parallel.launch(1, failing_rank)
+        ranks.launch(1, failing_rank)
 
 
 # --- merged results ------------------------------------------------------------------------------------------
@@ -208,7 +212,7 @@ def test_merge_puts_the_slowest_rank_first() -> None:
 
 def test_profile_tp2_merges_both_ranks(tiny_runs: tuple[Path, Path]) -> None:
     res = results.load(tiny_runs[1])
-    assert res.run["tp"] == 2 and res.run["backend"] == "gloo" and res.run["config"]["n_heads"] == 2
+    assert res.run.parallel.tp == 2 and res.run.parallel.backend == "gloo" and res.run.config.n_heads == 2
     by_key: dict[tuple[str, str], list[int | None]] = {}
     for r in res.rows:
         by_key.setdefault((r.op, r.variant), []).append(r.rank)
@@ -221,7 +225,7 @@ def test_profile_tp2_merges_both_ranks(tiny_runs: tuple[Path, Path]) -> None:
             assert r.flops == 16 * 64 // 2 and r.min_bytes == 2 * 16 * 64 * 4 // 2
     qkv = res.find("qkv_proj")
     assert qkv and qkv.rank is None and qkv.flops == 2 * 16 * 64 * (2 + 2 * 1) * 16  # 2 of 4 heads, 1 of 2 KV
-    assert res.run["interconnect"]["collectives"]["all_reduce"]["busbw"] > 0
+    assert res.run.parallel.interconnect["collectives"]["all_reduce"]["busbw"] > 0
     split = block_split(res)
     assert split["comm"] > 0 and split["compute"] + split["memory"] > 0
 
@@ -230,15 +234,15 @@ def test_profile_tp2_merges_both_ranks(tiny_runs: tuple[Path, Path]) -> None:
 
 def test_calibrate_interconnect_measures_and_caches(cpu_info) -> None:
     said: list[str] = []
-    found = parallel.calibrate_interconnect(cpu_info, ranks=(2,), size_bytes=1 << 16, force=True,
+    found = interconnect.calibrate_interconnect(cpu_info, ranks=(2,), size_bytes=1 << 16, force=True,
                                            budget_s=0.05, say=said.append)
     link = found[2]["collectives"]
     assert set(link) == {"all_reduce", "all_gather", "reduce_scatter"}
     assert link["all_reduce"]["busbw"] == pytest.approx(link["all_reduce"]["algbw"])  # 2(n−1)/n = 1 at n = 2
     assert link["all_gather"]["busbw"] == pytest.approx(link["all_gather"]["algbw"] / 2)  # (n−1)/n
-    assert json.loads(parallel.interconnect_path(cpu_info, 2).read_text()) == found[2]
+    assert json.loads(interconnect.interconnect_path(cpu_info, 2).read_text()) == found[2]
     assert "all_reduce" in said[0]
-    assert parallel.calibrate_interconnect(cpu_info, ranks=(2,)) == found  # cached: no launch
+    assert interconnect.calibrate_interconnect(cpu_info, ranks=(2,)) == found  # cached: no launch
 
 
 def test_scaling_efficiency(tiny_runs: tuple[Path, Path], tmp_path: Path) -> None:
@@ -251,7 +255,7 @@ def test_scaling_efficiency(tiny_runs: tuple[Path, Path], tmp_path: Path) -> Non
     assert block.tp_s == pytest.approx(sum(block_split(tp2).values()))
     with pytest.raises(RooflineError, match="TP=1"):
         scaling(tp2, base)
-    other = Results(run={**base.run, "config": {**base.run["config"], "seq_len": 32}}, rows=base.rows)
+    other = Results(run=dataclasses.replace(base.run, config=base.run.config.replace(seq_len=32)), rows=base.rows)
     with pytest.raises(RooflineError, match="seq_len"):
         scaling(other, tp2)
 
@@ -295,7 +299,7 @@ def test_tp_block_split_sums_to_the_block_total(tp_runs: dict[int, Results]) -> 
         total = sum(r.time_median_s * r.per_block for r in plain)
         comm_s = sum(r.time_median_s for r in plain if r.op.startswith("allreduce"))
         compute = sum(r.time_median_s * r.per_block for r in plain if r.bound == "compute")
-        before, after = report.block_split(res)
+        before, after = report_context.block_split(res)
         assert before["total"] == fmt.seconds(total) and [p["kind"] for p in before["parts"]] == [
             "compute", "memory", "comm"]
         assert [p["time"] for p in before["parts"]] == [fmt.seconds(compute), fmt.seconds(total - compute - comm_s),
@@ -308,7 +312,7 @@ def test_tp_block_split_sums_to_the_block_total(tp_runs: dict[int, Results]) -> 
             line = _printed(f"profile-tp{n}.stdout.txt", f"TP={n} block")
             assert split_line(res) == line and line.startswith(f"TP={n} block (slowest rank per op): {before['total']}")
             shares = line.split(": ", 1)[1].split(", ", 1)[1]  # '26 % compute-bound, 67 % memory-bound, 7 % comm…'
-            html = report.html_report([res], {"roofline": "data:image/svg+xml;base64,", "time_split": ""})
+            html = report.report_html([res], {"roofline": "data:image/svg+xml;base64,", "time_split": ""})
             assert f"Unfused it takes {before['total']}: {shares}." in " ".join(html.split())
             rows = [cells for cells in _parse(html, "split").op_rows if cells]
             assert [" ".join(c.split()) for c in rows[0][:5]] == [
@@ -339,10 +343,10 @@ def test_report_of_tp1_with_tp_n_shows_the_scaling_efficiency(tp_runs: dict[int,
 def test_scaling_needs_a_tp1_run_of_the_same_block(tp_runs: dict[int, Results]) -> None:
     """No TP=1 run, or a TP=1 run of another block: no scaling section (and no error: the runs still overlay)."""
     images = {"roofline": "", "time_split": ""}
-    assert report.scaling_tables([tp_runs[2], tp_runs[4]]) == []
-    assert 'id="scaling"' not in report.html_report([tp_runs[2], tp_runs[4]], images)
-    other = Results(run={**tp_runs[1].run, "config": {**tp_runs[1].run["config"], "seq_len": 4096}},
+    assert report_context.scaling_tables([tp_runs[2], tp_runs[4]]) == []
+    assert 'id="scaling"' not in report.report_html([tp_runs[2], tp_runs[4]], images)
+    other = Results(run=dataclasses.replace(tp_runs[1].run, config=tp_runs[1].run.config.replace(seq_len=4096)),
                     rows=tp_runs[1].rows)
-    assert report.scaling_tables([other, tp_runs[2]]) == []
-    assert [t["tps"] for t in report.scaling_tables([tp_runs[4], tp_runs[1], tp_runs[2]])] == [[4, 2]]
-    assert report.run_context(tp_runs[1], "TP=1")["split"] == []  # one device alone: the summary says it
+    assert report_context.scaling_tables([other, tp_runs[2]]) == []
+    assert [t["tps"] for t in report_context.scaling_tables([tp_runs[4], tp_runs[1], tp_runs[2]])] == [[4, 2]]
+    assert report_context.run_context(tp_runs[1], "TP=1")["split"] == []  # one device alone: the summary says it

@@ -4,6 +4,7 @@ when they exist, else one small CPU profile made by the tool itself once per ses
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from html.parser import HTMLParser
@@ -14,8 +15,13 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from roofline import fmt, plot, report, results, time_split
-from roofline.fusion import block_time_split, summarize
+from roofline import fmt, results
+from roofline.analysis import block as time_split
+from roofline.analysis import fusion
+from roofline.analysis.fusion import summarize
+from roofline.render import html as report
+from roofline.render import style as plot
+from roofline.render.figures.roofline import roofline_figure
 from roofline.results import Results
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reports" / "reference"
@@ -157,12 +163,15 @@ def test_html_is_self_contained(rendered: tuple[Path, list[Path]]) -> None:
 
 
 def test_time_split_matches_fusion_module(loaded: list[Results]) -> None:
-    """Before = fusion.block_time_split's unfused block; after = each chain swapped for its fastest fused variant."""
+    """Before = the unfused block (each plain op's baseline row); after = each chain swapped for its fastest fused
+    variant, where that is faster than the chain."""
     for res in loaded:
         before, after = time_split.block_before_after(res)
-        split = block_time_split(res)
+        split = time_split.kind_split(before)
         for kind in ("compute", "memory", "comm"):
             assert sum(o.time_s for o in before if o.kind == kind) == pytest.approx(split[kind])
+        baselines = {r.op: r for r in fusion.unfused_block(res)}
+        assert [o.op for o in before] == [op for op, r in baselines.items() if r.bound in ("compute", "memory")]
         fused = {f.group: min(x.fused_time_s for x in summarize(res) if x.group == f.group) for f in summarize(res)}
         after_ops = {o.op for o in after}
         for group, best in fused.items():
@@ -216,7 +225,7 @@ def test_roofline_labels_do_not_overlap(loaded: list[Results]) -> None:
     named, no label over another."""
     distinct = {(fmt.describe_run(r), tuple((row.op, row.variant, row.status) for row in r.rows)): r for r in loaded}
     for runs in [[r] for r in distinct.values()] + ([loaded[:2]] if len(loaded) > 1 else []):
-        shapes = _label_shapes(plot.roofline_figure(runs))
+        shapes = _label_shapes(roofline_figure(runs))
         labelled = " ".join(text for text, _ in shapes)
         assert all(r.op in labelled for res in runs for r in res.ok_rows())
         for i, (a_text, a) in enumerate(shapes):
@@ -227,7 +236,7 @@ def test_roofline_labels_do_not_overlap(loaded: list[Results]) -> None:
 def _slower_copy(res: Results, factor: float, device: str) -> Results:
     """A derived copy of a real run (every time × factor, another device name): an overlay partner."""
     other = Results(run=copy.deepcopy(res.run), rows=copy.deepcopy(res.rows))
-    other.run["device"]["name"] = device  # type: ignore[index]
+    other.run.device.name = device
     for r in other.rows:
         if r.status == "ok":
             for name in ("time_median_s", "time_p20_s", "time_p80_s"):
@@ -240,7 +249,7 @@ def test_overlay_of_two_runs(loaded: list[Results], tmp_path: Path) -> None:
     runs = [loaded[0], _slower_copy(loaded[0], 2.0, "Slower twin")]
     labels = plot.run_labels(runs)
     assert len(set(labels)) == 2 and "Slower twin" in labels[1]
-    fig = plot.roofline_figure(runs)
+    fig = roofline_figure(runs)
     legend_texts = {t.get_text() for legend in fig.legends for t in legend.get_texts()}
     assert set(labels) <= legend_texts
     paths = report.render_all(runs, tmp_path, png=False, svg=False)
@@ -248,12 +257,12 @@ def test_overlay_of_two_runs(loaded: list[Results], tmp_path: Path) -> None:
     html = paths[0].read_text()
     assert all(label in html for label in labels)
     title = plot.describe_runs(runs)  # what both runs share, then what tells them apart
-    assert title.endswith(" vs ".join(labels)) and loaded[0].run["config"]["name"] in title  # type: ignore[index]
+    assert title.endswith(" vs ".join(labels)) and loaded[0].run.config.name in title
 
 
 def test_an_a_a_overlay_tells_the_runs_apart_by_start_time(loaded: list[Results]) -> None:
-    twin = Results(run={**loaded[0].run, "started_at": "2026-11-26T08:42:42+0000"}, rows=loaded[0].rows)
-    first = Results(run={**loaded[0].run, "started_at": "2026-11-26T08:42:08+0000"}, rows=loaded[0].rows)
+    twin = Results(run=dataclasses.replace(loaded[0].run, started_at="2026-11-26T08:42:42+0000"), rows=loaded[0].rows)
+    first = Results(run=dataclasses.replace(loaded[0].run, started_at="2026-11-26T08:42:08+0000"), rows=loaded[0].rows)
     assert plot.run_labels([first, twin]) == ["run 1 (08:42:08)", "run 2 (08:42:42)"]
 
 
@@ -262,7 +271,7 @@ def test_rows_without_a_point_are_named_under_the_plot(loaded: list[Results]) ->
     rows = copy.deepcopy(loaded[0].rows)
     victim = rows[-1]
     victim.status, victim.note = "failed", "wrong result (test)"
-    fig = plot.roofline_figure([Results(run=loaded[0].run, rows=rows)])
+    fig = roofline_figure([Results(run=loaded[0].run, rows=rows)])
     notes = [text for text, _ in _label_shapes(fig) if text.startswith("Not shown:")]
     assert len(notes) == 1 and "1 failed: " in notes[0] and victim.op in notes[0].split("1 failed: ")[1]
 
@@ -328,8 +337,9 @@ def test_report_help_and_light_import() -> None:
     code = "import sys, roofline.cli; print(sorted(m for m in ('matplotlib', 'jinja2') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    # Nor do the rendering modules import the op catalog (and torch) when they load: fusion imports it lazily.
-    code = "import sys, roofline.report, roofline.plot, roofline.time_split; print('torch' in sys.modules)"
+    # Nor do the rendering modules import the op catalog (and torch) when they load (tests/test_layers.py: nor
+    # when they render).
+    code = "import sys, roofline.render.html, roofline.render.table; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     code, stdout, _ = run_cli(["report", "--help"])
@@ -342,10 +352,11 @@ def test_counters_section_from_the_real_h100_counters_run(tmp_path: Path) -> Non
     if not source.is_file():
         pytest.skip("the committed H100 counters run is not in this checkout")
     res = results.load(source)
-    paths = report.render_all([res], tmp_path, png=False, svg=False)
+    assert tmp_path / "all" / "counters_roofline.png" in report.render_all([res], tmp_path / "all")
+    paths = report.render_all([res], tmp_path, png=False, svg=False)  # the figures only inside the page
     html = (tmp_path / "report.html").read_text()
-    assert tmp_path / "counters_roofline.png" in paths
-    assert "Hardware counters" in html and "data:image/svg+xml;base64," in html
+    assert paths == [tmp_path / "report.html"]
+    assert "Hardware counters" in html and html.count("data:image/svg+xml;base64,") == 3
     counted = [r for r in res.rows if r.measured_kernels]
     assert counted and all(f"{r.op} · {r.variant}" in html for r in counted)
 

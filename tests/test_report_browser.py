@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 from test_report import real_results_files
 
-from roofline import report, results
+from roofline import results
+from roofline.render import html as report
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")

@@ -13,7 +13,21 @@ import pytest
 
 from roofline import results
 from roofline.errors import RooflineError
-from roofline.results import REQUIRED_FIELDS, ROW_FIELDS, Results, Row, atomic_write
+from roofline.results import (
+    LEGACY_FUSION_GROUPS,
+    REQUIRED_FIELDS,
+    ROW_FIELDS,
+    Ceilings,
+    DeviceInfo,
+    FusionGroup,
+    Parallel,
+    Peaks,
+    Results,
+    Row,
+    Run,
+    SweepGrid,
+    atomic_write,
+)
 
 VIEW_COLUMNS = [name for name in ROW_FIELDS if name != "time_samples_s"]
 
@@ -36,8 +50,12 @@ def distinct_row(seed: int = 0) -> Row:
     return Row(**values)  # type: ignore[arg-type]
 
 
-RUN = {"device": {"kind": "cpu", "peak_flops": {"vector.fp32": 1.5e11}}, "command": "roofline profile",
-       "warnings": []}
+RUN = Run(device=DeviceInfo(kind="cpu", name="Test CPU", peak_flops={"vector.fp32": 1.5e11}),
+          command="roofline profile", fusion_groups=[FusionGroup("attention", ("qk_t", "softmax"), "attention")],
+          peaks=Peaks({"tensor.bf16": 1e15}, 3e12, "a datasheet",
+                      Ceilings(device="Test CPU", key="k", l2_bandwidth=2.0)),
+          parallel=Parallel(tp=2, ranks=2, backend="gloo", interconnect={"ranks": 2}),
+          sweep=SweepGrid([16, 32], ["fp32"]))
 
 
 def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
@@ -76,7 +94,7 @@ def test_nan_and_inf_in_rows_are_stored_as_null(tmp_path: Path) -> None:
 
 
 def test_nan_in_run_metadata_is_stored_as_null() -> None:
-    res = Results(run={"peaks": {"measured": {"l2_bandwidth": math.nan}}})
+    res = Results(run=Run(peaks=Peaks(measured=Ceilings(device="x", key="k", l2_bandwidth=math.nan))))
     assert strict_json(results.to_json_text(res))["run"]["peaks"]["measured"]["l2_bandwidth"] is None  # type: ignore
 
 
@@ -176,3 +194,29 @@ def test_find_and_ok_rows_ignore_failed_rows() -> None:
     res = Results(run=RUN, rows=[failed, ok])
     assert res.ok_rows() == [ok]
     assert res.find("softmax") is ok and res.find("softmax", "triton") is None
+
+
+REFERENCE = Path(__file__).resolve().parents[1] / "reports" / "reference"
+
+
+@pytest.mark.parametrize("path", sorted(REFERENCE.rglob("results.json")), ids=lambda p: str(p.relative_to(REFERENCE)))
+def test_every_committed_results_file_loads_as_a_typed_run(path: Path) -> None:
+    """Schema 1 files (every file measured before the typed record) load: their fusion groups are the catalog's of
+    that time, their tp/dp/ranks/backend/interconnect become `parallel`."""
+    res = results.load(path)
+    raw = json.loads(path.read_text())["run"]
+    assert res.run.device.name == raw["device"]["name"] and res.run.config.seq_len == raw["config"]["seq_len"]
+    if "fusion_groups" not in raw:
+        assert tuple(res.run.fusion_groups) == LEGACY_FUSION_GROUPS
+        assert (res.run.parallel is not None) == ("tp" in raw)
+        if "tp" in raw:
+            assert res.run.parallel.tp == raw["tp"] and res.run.parallel.interconnect == raw.get("interconnect", {})
+
+
+def test_a_schema_1_file_saves_as_schema_2_with_the_same_rows(tmp_path: Path) -> None:
+    old = results.load(REFERENCE / "h200x4" / "gpt-7b-s8192-tp4")
+    results.save(old, tmp_path)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["schema_version"] == 2 and data["run"]["parallel"]["tp"] == 4
+    assert [g["chain"] for g in data["run"]["fusion_groups"]][1] == ["qk_t", "softmax", "attn_v"]
+    assert results.load(tmp_path).rows == old.rows

@@ -11,23 +11,16 @@ import pytest
 import torch
 from conftest import run_cli
 
-from roofline import measure
+from roofline.analysis.placement import Roofs
+from roofline.analysis.sweep import block_point, loglog_slope, split_runs, sweep_series
+from roofline.cli.options import parse_seq_lens
 from roofline.errors import RooflineError
-from roofline.measure import Roofs, Settings
+from roofline.measure import session
+from roofline.measure import variant as measure
+from roofline.measure.sweep import plan_sweep, predicted_skips, run_sweep
 from roofline.ops import get_op
 from roofline.ops.base import TOLERANCE, default_check
-from roofline.results import Results, load
-from roofline.sweep import (
-    block_total,
-    config_at,
-    loglog_slope,
-    parse_seq_lens,
-    plan_sweep,
-    predicted_skips,
-    run_sweep,
-    split_runs,
-    sweep_series,
-)
+from roofline.results import Results, Run, Settings, SweepGrid, load
 
 TINY = """name = "tiny"
 d_model = 64
@@ -101,22 +94,24 @@ def test_naive_attention_at_32k_is_predicted_not_to_fit_an_h100() -> None:
     assert naive.need_bytes == measure.predicted_bytes(attention, attention.variant("naive"), c)
 
 
-def test_the_sweep_skips_what_was_predicted_through_measure(monkeypatch, cpu_info, tiny_model: str) -> None:
+def test_the_sweep_skips_what_was_predicted_through_measure(monkeypatch, cpu_info, tiny_model: str,
+                                                           tmp_path) -> None:
     """Free memory between naive attention's need at N = 16 and at N = 64: naive is skipped at 64 only."""
     points = plan_sweep(tiny_model, [16, 64], ["fp32"], variants=["naive", "sdpa_flash"], block=False)
     attention = get_op("attention")
     need = [measure.predicted_bytes(attention, attention.variant("naive"), p.config) for p in points]
     free = (need[0] + need[1]) // 2
     monkeypatch.setattr(measure, "free_memory_bytes", lambda info: free)
-    rows = []
-    run_sweep(points, cpu_info, ROOFS, SETTINGS, lambda op, v: None, rows.append)
+    run = session.start(cpu_info, points[0].config, tmp_path, [], SETTINGS, roofs=(ROOFS, None))
+    run_sweep(run, points)
+    rows = run.results.rows
     status = {(r.variant, r.seq_len): r.status for r in rows}
     assert status == {("naive", 16): "ok", ("sdpa_flash", 16): "ok", ("naive", 64): "skipped",
                       ("sdpa_flash", 64): "ok"}
     skipped = next(r for r in rows if r.status == "skipped")
     assert "would need" in skipped.note and skipped.samples == 0
     assert [(s.variant, s.seq_len) for s in predicted_skips(points, free)] == [("naive", 64)]
-    res = Results(run={"config": dataclasses.asdict(points[0].config), "sweep": {"block": False}}, rows=rows)
+    res = Results(run=Run(config=points[0].config, sweep=SweepGrid(block=False)), rows=rows)
     naive = next(s for s in sweep_series(res) if s.name == "naive")
     assert [n for n, _, _ in naive.points] == [16] and naive.missing[0][0] == 64
 
@@ -155,25 +150,24 @@ def test_series_have_a_point_per_measured_seq_len(cli_sweep) -> None:
 
 def test_block_totals_on_a_derived_copy(cli_sweep) -> None:
     """Every ok row set to 1 ms: unfused = Σ per_block over plain ops; best swaps each chain for its fused op."""
-    res = load(cli_sweep.out)
-    rows = [dataclasses.replace(r, time_median_s=1e-3) for r in res.rows if r.seq_len == 16]
-    c = config_at(res, 16, "fp32")
+    point = split_runs(load(cli_sweep.out))[0]
+    point.rows = [dataclasses.replace(r, time_median_s=1e-3) for r in point.rows]
     # plain ops of the tiny block: layernorm×2, qkv, qk_t, softmax, attn_v, out_proj, dropout×2, residual×2,
     # ffn_up, gelu, ffn_down → 14 calls.
-    assert block_total(rows, c, best=False)[0] == pytest.approx(14e-3)
+    assert block_point(point, best=False)[0] == pytest.approx(14e-3)
     # best: attention (1) replaces qk_t+softmax+attn_v (3); residual_dropout_norm ×2 replaces dropout×2,
     # residual×2, layernorm×2 (6) → 14 − 3 + 1 − 6 + 2 = 8 calls.
-    assert block_total(rows, c, best=True)[0] == pytest.approx(8e-3)
-    without_qk = [r for r in rows if r.op != "qk_t"]
-    assert block_total(without_qk, c, best=False) is None  # an op missing: no unfused total
-    assert block_total(without_qk, c, best=True)[0] == pytest.approx(8e-3)  # the fused op stands in
+    assert block_point(point, best=True)[0] == pytest.approx(8e-3)
+    point.rows = [dataclasses.replace(r, status="skipped") if r.op == "qk_t" else r for r in point.rows]
+    assert block_point(point, best=False) is None  # an op not measured (did not fit): no unfused total
+    assert block_point(point, best=True)[0] == pytest.approx(8e-3)  # the fused op stands in
 
 
 def test_split_runs_give_one_profile_per_point(cli_sweep) -> None:
     res = load(cli_sweep.out)
     runs = split_runs(res)
-    assert [(r.run["config"]["seq_len"], r.run["config"]["tokens"]) for r in runs] == [(16, 16), (40, 40)]
-    assert all({row.seq_len for row in r.rows} == {r.run["config"]["seq_len"]} for r in runs)
+    assert [(r.run.config.seq_len, r.run.config.tokens) for r in runs] == [(16, 16), (40, 40)]
+    assert all({row.seq_len for row in r.rows} == {r.run.config.seq_len} for r in runs)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -223,8 +217,8 @@ def _fp8_gpu() -> bool:
 @pytest.mark.parametrize("batch", [1, 5])
 def test_fp8_projection_on_the_gpu(tiny_model: str, batch: int) -> None:
     """On the device machine: torch._scaled_mm in prefill and as a decode GEMV (T = batch rows)."""
-    from roofline.device import detect
-    from roofline.timing import Timer
+    from roofline.measure.device import detect
+    from roofline.measure.timer import Timer
 
     info = detect("cuda")
     c = plan_sweep(tiny_model, [16], ["fp8"])[0].config.replace(mode="decode", kv_cache_len=32, batch=batch)
@@ -238,7 +232,7 @@ def test_fp8_projection_on_the_gpu(tiny_model: str, batch: int) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_naive_attention_at_32k_is_skipped_on_this_gpu() -> None:
-    from roofline.device import detect, free_memory_bytes
+    from roofline.measure.device import detect, free_memory_bytes
 
     points = plan_sweep("gpt-7b", [32768], ["bf16"], block=False)
     skipped = {s.variant for s in predicted_skips(points, free_memory_bytes(detect("cuda")))}

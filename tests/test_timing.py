@@ -8,7 +8,7 @@ from itertools import cycle
 import pytest
 import torch
 
-from roofline.timing import Timer, median_rel_error, quantile, sample_until_stable, summarize
+from roofline.measure.timer import Timer, median_rel_error, quantile, sample_until_stable, summarize
 
 
 class FakeDevice:

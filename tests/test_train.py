@@ -11,12 +11,14 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from roofline import measure, train
+from roofline.analysis.placement import Roofs
 from roofline.errors import RooflineError
-from roofline.measure import Roofs, Settings
+from roofline.measure import train
+from roofline.measure import variant as measure
+from roofline.measure.timer import Timer
 from roofline.ops import CATALOG, get_op
 from roofline.ops.base import Variant
-from roofline.timing import Timer
+from roofline.results import Settings
 
 SETTINGS = Settings(budget_s=0.02, min_samples=3)
 ROOFS = Roofs(datasheet_flops={}, datasheet_bandwidth=0.0,
@@ -235,11 +237,12 @@ def test_committed_h100_train_run_renders_its_backward_columns(tmp_path) -> None
     """The H100 train run: the HTML report and the fusion summary carry the backward and activation memory."""
     from pathlib import Path
 
-    from roofline import report, results
-    from roofline.fusion import summarize
+    from roofline import results
+    from roofline.analysis.fusion import summarize
+    from roofline.render import html as report
 
     res = results.load(Path(__file__).parent.parent / "reports/reference/h100/gpt-7b-train-s4096")
-    html = report.html_report([res], {"roofline": "", "time_split": ""})
+    html = report.report_html([res], {"roofline": "", "time_split": ""})
     assert "<th class=\"num\">backward</th>" in html and "saved for backward" in html
     naive = res.find("attention", "naive")
     cudnn = res.find("attention", "sdpa_cudnn")

@@ -11,6 +11,7 @@ from roofline.config import BlockConfig
 from roofline.errors import RooflineError
 from roofline.ops import attention, comm, ffn, moe, norm
 from roofline.ops.base import Op, Variant
+from roofline.results import FusionGroup
 
 _BY_NAME = {op.name: op for op in (*norm.OPS, *attention.OPS, *ffn.OPS, *moe.OPS, *comm.OPS)}
 
@@ -40,9 +41,40 @@ def ops_for(config: BlockConfig) -> list[Op]:
     return [op for op in BLOCK_ORDER if op.applies(config)]
 
 
+def fusion_groups(config: BlockConfig) -> list[FusionGroup]:
+    """The block's fusion groups, saved with its results: an op that `replaces` a chain (attention: qk_t → softmax
+    → attn_v), or one with fused variants of its own (our Triton softmax vs PyTorch's)."""
+    ops = ops_for(config)
+    names = {op.name for op in ops}
+    groups = []
+    for op in ops:
+        if op.replaces:
+            groups.append(FusionGroup(op.name, tuple(n for n in op.replaces if n in names), op.name))
+        elif any(v.fused for v in op.variants):
+            groups.append(FusionGroup(op.name, (op.name,), op.name))
+    return groups
+
+
 def gemm_shapes(config: BlockConfig) -> tuple[tuple[int, int, int], ...]:
     """(M, N, K) of the block's plain matmuls (the projections), for a calibration whose roof must bound them."""
     return tuple(dict.fromkeys(op.gemm_shape(config) for op in ops_for(config) if op.gemm_shape))
+
+
+def describe(config: BlockConfig) -> list[dict[str, object]]:
+    """The block's ops as plain data for `roofline ops`: name, unit, FLOPs and bytes at this config, variants
+    (name, fused), and the formulas exactly as declared (train mode: the backward's too)."""
+    out = []
+    for op in ops_for(config):
+        formulas = [op.doc, f"FLOPs = {op.flops_formula}", f"bytes = {op.bytes_formula}"]
+        if config.mode == "train" and op.backward_flops_formula:
+            formulas += [f"backward FLOPs = {op.backward_flops_formula}",
+                         f"backward bytes = {op.backward_bytes_formula}"]
+        if op.replaces:
+            formulas.append(f"replaces: {' → '.join(op.replaces)}")
+        out.append({"name": op.name, "per_block": op.per_block, "unit": op.unit, "flops": op.step_flops(config),
+                    "min_bytes": op.step_bytes(config), "variants": [(v.name, v.fused) for v in op.variants],
+                    "formulas": "\n".join(formulas)})
+    return out
 
 
 def plan(config: BlockConfig, only: list[str] | None = None,
@@ -60,4 +92,5 @@ def plan(config: BlockConfig, only: list[str] | None = None,
             for v in op.variants if not variants or v.name in variants]
 
 
-__all__ = ["BLOCK_ORDER", "CATALOG", "Op", "Variant", "gemm_shapes", "get_op", "ops_for", "plan"]
+__all__ = ["BLOCK_ORDER", "CATALOG", "Op", "Variant", "describe", "fusion_groups", "gemm_shapes", "get_op", "ops_for",
+           "plan"]

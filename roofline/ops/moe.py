@@ -14,14 +14,13 @@ and exactly min(n_experts, T·top_k) experts are touched, so min_bytes is exact.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 
 from roofline.config import BlockConfig
 from roofline.ops.base import Inputs, Op, Variant, rand, take_rows
 from roofline.ops.ffn import swiglu, up_width
+from roofline.results import MoeFlops
 
 INDEX_BYTES = 8  # expert ids are int64 (what topk returns)
 
@@ -220,22 +219,13 @@ def block_flops(c: BlockConfig) -> int:
     return sum(op.flops(c) * op.per_block for op in ops if op.name not in replaced and op.unit != "comm")
 
 
-def flops_per_token_line(config: BlockConfig | dict[str, object]) -> str | None:
-    """'FLOPs per token: MoE X vs dense-equivalent Y …' for a MoE block (None for a dense one).
+def moe_flops(config: BlockConfig) -> MoeFlops | None:
+    """FLOPs per token of a MoE block and of its dense equivalent (None for a dense block), saved in the run record.
 
-    Dense-equivalent: the same block with one dense FFN holding all the experts' parameters (d_ffn ×
-    n_experts), i.e. what every token would cost if no routing skipped experts. Takes a BlockConfig or the
-    `config` dict of a results.json (table.py and report.py read saved results).
+    Dense-equivalent: the same block with one dense FFN holding all the experts' parameters (d_ffn × n_experts),
+    i.e. what every token would cost if no routing skipped experts.
     """
-    from roofline import fmt
-
-    if isinstance(config, dict):
-        names = {f.name for f in dataclasses.fields(BlockConfig)}
-        config = BlockConfig(**{k: v for k, v in config.items() if k in names})  # type: ignore[arg-type]
     if not moe(config):
         return None
     dense = config.replace(n_experts=0, top_k=0, ffn_dim=config.n_experts * config.ffn_dim)
-    per_token, dense_per_token = block_flops(config) / config.tokens, block_flops(dense) / dense.tokens
-    return (f"FLOPs per token: MoE {fmt.flops(per_token)} vs dense-equivalent {fmt.flops(dense_per_token)} "
-            f"({dense_per_token / per_token:.1f}×; top {config.top_k} of {config.n_experts} experts; dense = one "
-            f"FFN of {config.n_experts}×{config.ffn_dim})")
+    return MoeFlops(block_flops(config) / config.tokens, block_flops(dense) / dense.tokens)

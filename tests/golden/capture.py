@@ -69,10 +69,7 @@ def console():  # type: ignore[no-untyped-def]
 
 
 def table_text(path: Path) -> str:
-    try:
-        from roofline.render.table import print_results
-    except ImportError:  # before the layers refactor
-        from roofline.table import print_results
+    from roofline.render.table import print_results
     from roofline.results import load
 
     c = console()
@@ -81,10 +78,7 @@ def table_text(path: Path) -> str:
 
 
 def sweep_text(path: Path) -> str:
-    try:
-        from roofline.render.table import sweep_table
-    except ImportError:  # before the layers refactor
-        from roofline.sweep import sweep_table
+    from roofline.render.table import sweep_table
     from roofline.results import load
 
     c = console()

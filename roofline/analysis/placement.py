@@ -1,0 +1,112 @@
+"""The roofline maths, in one place, and the placement of a measured row under the roofs that apply to it.
+
+intensity  = FLOPs / min_bytes                       (FLOP per byte of compulsory DRAM traffic)
+attainable = min(peak FLOP/s of the op's unit, intensity × memory bandwidth)
+ridge      = peak / bandwidth: ops left of it are memory-bound, right of it compute-bound
+% of roof  = achieved FLOP/s / attainable FLOP/s  (for a memory-bound op: achieved bytes/s / bandwidth)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from roofline.results import Row
+
+COMM_ROOF = "comm.busbw"  # a collective's roof: the interconnect's bus bandwidth (NCCL-tests convention)
+
+
+def ceiling_key(unit: str, dtype: str) -> str:
+    """Which roof applies: tensor cores at the op's dtype, fp32 CUDA cores, or the interconnect for a collective.
+
+    An fp32 matmul without TF32 runs on CUDA cores (FFMA), so it meets the vector roof; element-wise ops
+    compute in fp32 whatever their storage dtype. A collective ("comm") is bound by the bus bandwidth between
+    the ranks, its reduction adds by the CUDA cores (Roofs maps both).
+    """
+    if unit == "comm":
+        return COMM_ROOF
+    if unit == "tensor" and dtype != "fp32":
+        return f"tensor.{dtype}"
+    return "vector.fp32"
+
+
+def intensity(flops: float, min_bytes: float) -> float:
+    return flops / min_bytes if min_bytes > 0 else float("inf")
+
+
+def ridge_point(peak_flops: float, bandwidth: float) -> float:
+    return peak_flops / bandwidth
+
+
+def attainable_flops(op_intensity: float, peak_flops: float, bandwidth: float) -> float:
+    return min(peak_flops, op_intensity * bandwidth)
+
+
+def bound(op_intensity: float, peak_flops: float, bandwidth: float) -> str:
+    return "compute" if op_intensity >= ridge_point(peak_flops, bandwidth) else "memory"
+
+
+@dataclass(frozen=True)
+class RooflinePoint:
+    """Where one measured op sits against the roof that applies to it."""
+
+    intensity: float
+    achieved_flops: float
+    achieved_bytes: float
+    attainable_flops: float
+    bound: str
+    pct_of_roof: float
+    floor_s: float  # the time the roof allows: max(FLOPs / peak, bytes / bandwidth)
+
+
+def place(flops: float, min_bytes: float, time_s: float, peak_flops: float, bandwidth: float) -> RooflinePoint:
+    ai = intensity(flops, min_bytes)
+    attain = attainable_flops(ai, peak_flops, bandwidth)
+    achieved = flops / time_s
+    return RooflinePoint(
+        intensity=ai, achieved_flops=achieved, achieved_bytes=min_bytes / time_s, attainable_flops=attain,
+        bound=bound(ai, peak_flops, bandwidth),
+        pct_of_roof=100.0 * (achieved / attain if attain != 0 else min_bytes / time_s / bandwidth),  # 0 FLOPs: bytes
+        floor_s=max(flops / peak_flops, min_bytes / bandwidth),
+    )
+
+
+@dataclass
+class Roofs:
+    """The roofs rows are placed against: measured where calibrated, datasheet otherwise."""
+
+    datasheet_flops: dict[str, float]
+    datasheet_bandwidth: float
+    measured_flops: dict[str, float]
+    measured_bandwidth: float
+    interconnect_bandwidth: float = 0.0  # `profile --tp`: all-reduce bus bandwidth across the ranks (comm.busbw)
+    interconnect_source: str = ""
+
+    def peak(self, key: str) -> tuple[float, str]:
+        if key == COMM_ROOF:  # a collective's reduction adds run on the CUDA cores
+            key = "vector.fp32"
+        for flops, source in ((self.measured_flops, "measured"), (self.datasheet_flops, "datasheet")):
+            if key in flops:
+                return flops[key], source
+        fallback = self.measured_flops or self.datasheet_flops
+        best = max(fallback.values()) if fallback else float("nan")
+        return best, "nearest"
+
+    def bandwidth(self, key: str = "") -> tuple[float, str]:
+        if key == COMM_ROOF:
+            return self.interconnect_bandwidth or float("nan"), self.interconnect_source or "none"
+        if self.measured_bandwidth:
+            return self.measured_bandwidth, "measured"
+        return self.datasheet_bandwidth, "datasheet"
+
+
+def place_row(row: Row, roofs: Roofs) -> None:
+    """Fill the roofline columns of a timed row."""
+    row.ceiling = ceiling_key(row.unit, row.dtype)
+    peak, source = roofs.peak(row.ceiling)
+    bandwidth, bw_source = roofs.bandwidth(row.ceiling)
+    row.ceiling_source = source if source == bw_source else f"{source} compute, {bw_source} memory"
+    point = place(row.flops, row.min_bytes, row.time_median_s or float("nan"), peak, bandwidth)
+    row.peak_flops_per_s, row.peak_bytes_per_s = peak, bandwidth
+    row.flops_per_s, row.bytes_per_s = point.achieved_flops, point.achieved_bytes
+    row.attainable_flops_per_s, row.bound = point.attainable_flops, point.bound
+    row.pct_of_roof, row.floor_s = point.pct_of_roof, point.floor_s
