@@ -62,6 +62,13 @@ def _round_up_16(n):
 
 
 @triton.jit
+def _row_span(row, n_cols, q_len, causal_offset, CAUSAL: tl.constexpr):
+    """(n_visible, n_read): the row's unmasked columns, and the columns read (in whole 16-element vectors)."""
+    n_visible = _visible_cols(row, n_cols, q_len, causal_offset, CAUSAL)
+    return n_visible, tl.minimum(_round_up_16(n_visible), n_cols)
+
+
+@triton.jit
 def _softmax_one_block_kernel(X, Y, n_cols, q_len, causal_offset, scale_log2e,
                               BLOCK: tl.constexpr, CAUSAL: tl.constexpr):
     row = tl.program_id(0)
@@ -89,8 +96,7 @@ def _softmax_looped_kernel(X, Y, n_cols, q_len, causal_offset, scale_log2e,
     X += offset
     Y += offset
     cols = tl.arange(0, BLOCK)
-    n_visible = _visible_cols(row, n_cols, q_len, causal_offset, CAUSAL)
-    n_read = tl.minimum(_round_up_16(n_visible), n_cols)
+    n_visible, n_read = _row_span(row, n_cols, q_len, causal_offset, CAUSAL)
     # pass 1: running max m and running sum s of exp2(z - m), reading the visible columns once
     m = tl.full((), float("-inf"), tl.float32)
     s = tl.full((), 0.0, tl.float32)
@@ -137,8 +143,7 @@ def _softmax_backward_looped_kernel(Y, DY, DX, n_cols, q_len, causal_offset, sca
     DY += offset
     DX += offset
     cols = tl.arange(0, BLOCK)
-    n_visible = _visible_cols(row, n_cols, q_len, causal_offset, CAUSAL)
-    n_read = tl.minimum(_round_up_16(n_visible), n_cols)
+    n_visible, n_read = _row_span(row, n_cols, q_len, causal_offset, CAUSAL)
     # pass 1: rowsum(dy·y) over the visible columns
     dot = tl.full((), 0.0, tl.float32)
     for start in tl.range(0, n_visible, BLOCK):

@@ -83,6 +83,24 @@ class BlockConfig:
     def attn_dim(self) -> int:
         return self.n_heads * self.head_dim
 
+    @property
+    def pairs(self) -> int:
+        """(query, key) pairs one head attends to: q·kv, or with a causal mask (bottom-right aligned, prefill) the
+        visible ones, Σᵢ min(kv, i + kv − q + 1)."""
+        q, kv = self.q_len, self.kv_len
+        if not self.causal or q == 1:
+            return q * kv
+        return sum(min(kv, i + kv - q + 1) for i in range(q)) if q < 65536 else q * kv // 2
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """The named dimensions of the op catalog's formulas (ops/base.py Formula): b batch, h and h_kv query and KV
+        heads, hd head dim, q and kv query and key lengths, T tokens (b·q), d d_model, d_ffn, bytes per element,
+        pairs (see `pairs`), E experts, k experts per token."""
+        return {"b": self.batch, "h": self.n_heads, "h_kv": self.n_kv_heads, "hd": self.head_dim, "q": self.q_len,
+                "kv": self.kv_len, "T": self.tokens, "d": self.d_model, "d_ffn": self.ffn_dim,
+                "bytes": self.dtype_bytes, "pairs": self.pairs, "E": self.n_experts, "k": self.top_k}
+
     def replace(self, **changes: object) -> BlockConfig:
         return validate(dataclasses.replace(self, **changes))
 

@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from roofline.config import make_config
-from roofline.ops import CATALOG, get_op, ops_for
+from roofline.ops import BLOCK_ORDER, CATALOG, get_op, ops_for
 from roofline.ops.attention import is_causal
 
 TENSOR_OPS = [op.name for op in CATALOG if op.unit == "tensor"]
@@ -129,7 +129,7 @@ def test_min_bytes_is_inputs_read_once_plus_outputs_written_once(small_config, m
 
 @pytest.mark.parametrize("op", CATALOG, ids=lambda op: op.name)
 def test_every_op_is_fully_declared(op) -> None:
-    assert op.flops_formula.strip() and op.bytes_formula.strip() and op.doc.strip()
+    assert op.flops.text.strip() and op.min_bytes.text.strip() and op.doc.strip()
     assert op.variants
     assert len({v.name for v in op.variants}) == len(op.variants)
     assert op.group in ("attention", "norm", "ffn")
@@ -144,3 +144,17 @@ def test_catalog_names_are_unique_and_lookups_fail_cleanly() -> None:
     assert len(names) == len(set(names))
     with pytest.raises(RooflineError, match="unknown op 'nope'"):
         get_op("nope")
+
+
+@pytest.mark.parametrize("op", BLOCK_ORDER, ids=lambda op: op.name)
+def test_the_shown_formula_is_the_computed_one(op) -> None:
+    """One declaration per formula: what `roofline ops` shows is the expression that computes the number."""
+    c = make_config("mixtral-8x7b" if op.group == "ffn" and op.name.startswith("moe") else "gpt-7b",
+                    seq_len=64, mode="train", dp=2 if op.name == "allreduce_grads" else 1).shard(
+                        1 if op.name == "allreduce_grads" else 2)
+    for formula in (op.flops, op.min_bytes, op.backward_flops, op.backward_bytes):
+        if formula is None:
+            continue
+        shown = formula.text.split("  (")[0]
+        expr = shown.replace("·", "*").replace(" − ", " - ").replace("/", "//")
+        assert eval(expr, {"min": min}, {**c.dims, **formula.dims(c)}) == formula(c), (op.name, shown)

@@ -103,12 +103,12 @@ def test_ops_with_tp_lists_the_shard_and_its_all_reduces(capsys, monkeypatch: py
     assert code == 0
     assert names == [op.name for op in ops_for(make_config("gpt-7b", seq_len=2048).shard(2))]
     assert names[names.index("out_proj") + 1] == "allreduce_out_proj" and names[-1] == "allreduce_ffn_down"
-    bus = 2 * (2 - 1) * 2048 * 4096 * 2 // 2  # 2·(n−1)/n·T·d_model·bytes, n = 2, bf16
+    bus = 2 * (2 - 1) * 2048 * 4096 * 2 // 2  # 2·(n − 1)·M·out_bytes/n, M = T·d, n = 2, bf16
     adds = (2 - 1) * 2048 * 4096 // 2
     for name in ("allreduce_out_proj", "allreduce_ffn_down"):
         row = re.search(rf"│ {name} │ comm │ ([^│]+) │ ([^│]+) │", out)
         assert row and row.groups() == (fmt.flops(adds), fmt.nbytes(bus) + " bus"), name
-    assert "16 of 32 heads" in out and "2·(n−1)/n·T·d_model·bytes" in out and "NCCL bus bytes" in out
+    assert "16 of 32 heads" in out and "2·(n − 1)·M·out_bytes/n" in out and "NCCL bus bytes" in out
     qkv = re.search(r"│ qkv_proj │ tensor │ ([^│]+) │", out)
     assert qkv and qkv.group(1).strip() == fmt.flops(2 * 2048 * 4096 * 3 * 4096 // 2)  # half the heads per rank
 

@@ -62,7 +62,7 @@ def test_backward_flops_match_torch_flop_counter(small_config, name: str, model:
 def test_every_op_declares_its_backward() -> None:
     for op in CATALOG:
         assert op.backward_flops is not None and op.backward_bytes is not None, op.name
-        assert op.backward_flops_formula and op.backward_bytes_formula, op.name
+        assert op.backward_flops.text and op.backward_bytes.text, op.name
 
 
 def test_a_train_row_counts_forward_plus_backward(run, small_config) -> None:

@@ -15,6 +15,7 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from roofline.measure.session import Listener
+    from roofline.results import DeviceInfo
 
 stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 220)
 stderr = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
@@ -27,6 +28,16 @@ def warn(message: str) -> None:
 
 def info(message: str) -> None:
     stderr.print(message, highlight=False, style="dim")
+
+
+def detected(device: str | None) -> DeviceInfo:
+    """The device to measure (`--device`), its detection warnings said on stderr."""
+    from roofline.measure.device import detect
+
+    dev = detect(device)
+    for w in dev.warnings:
+        warn(w)
+    return dev
 
 
 def quiet_listener() -> Listener:

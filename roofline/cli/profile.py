@@ -9,7 +9,17 @@ from typing import Annotated
 
 import typer
 
-from roofline.cli.console import command_line, counting, info, progress, quiet_listener, stderr, stdout, warn
+from roofline.cli.console import (
+    command_line,
+    counting,
+    detected,
+    info,
+    progress,
+    quiet_listener,
+    stderr,
+    stdout,
+    warn,
+)
 from roofline.cli.options import (
     Batch,
     Budget,
@@ -57,13 +67,10 @@ def profile(
     """Profile every op of one Transformer block on this device and place it on the roofline."""
     from roofline.config import make_config
     from roofline.measure import session
-    from roofline.measure.device import detect
     from roofline.ops import plan
 
     t_start = time.perf_counter()
-    dev = detect(device)
-    for w in dev.warnings:
-        warn(w)
+    dev = detected(device)
     config = make_config(model, seq_len=seq_len, batch=batch, dtype=dtype or ("bf16" if dev.kind == "cuda" else "fp32"),
                          mode=mode, kv_cache_len=kv_len, causal=causal, dp=dp)
     if tp != 1 or dp != 1:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from roofline.cli.console import command_line, info, progress, quiet_listener, stdout, warn
+from roofline.cli.console import command_line, detected, info, progress, quiet_listener, stdout
 from roofline.cli.options import Batch, Budget, CsvOut, Device, JsonOut, Model, csv_list, parse_seq_lens, writable_dir
 from roofline.errors import CannotRun
 
@@ -38,16 +38,14 @@ def sweep(
     """Time and peak memory of every attention variant and of the whole block against N (log-log slopes)."""
     from roofline import fmt, results
     from roofline.measure import session
-    from roofline.measure.device import detect, free_memory_bytes
+    from roofline.measure.device import free_memory_bytes
     from roofline.measure.sweep import plan_sweep, predicted_skips, run_sweep
     from roofline.render.html import write_sweep_figures
     from roofline.render.table import sweep_table
     from roofline.results import SweepGrid
 
     t_start = time.perf_counter()
-    dev = detect(device)
-    for w in dev.warnings:
-        warn(w)
+    dev = detected(device)
     dtypes = list(dict.fromkeys(csv_list(dtype) or ["bf16" if dev.kind == "cuda" else "fp32"]))
     points = plan_sweep(model, parse_seq_lens(seq_len), dtypes, batch, csv_list(variants), block)
     first = points[0].config

@@ -98,29 +98,27 @@ class CollectiveTimer(Timer):
     """
 
     def warm_up(self, fn: Callable[[], object], first_call_s: float, target_s: float = 0.03,
-                setup: Callable[[], object] | None = None) -> None:
+                setup: Callable[[], object] = lambda: None) -> None:
         slowest = agreed_max([first_call_s], self.device)[0]
         for _ in range(0 if slowest > 0.5 else min(100, max(1, int(target_s / max(slowest, 1e-6))))):
-            if setup is not None:
-                setup()
+            setup()
             fn()
         self.sync()
 
     def run_batch(self, fn: Callable[[], object], k: int, flush: bool = True,
-                  setup: Callable[[], object] | None = None) -> list[float]:
+                  setup: Callable[[], object] = lambda: None) -> list[float]:
         times = []
         for _ in range(k):
             if flush:
                 self._flush.zero_()
-            if setup is not None:
-                setup()
+            setup()
             self.sync()
             dist.barrier()
             times += super().run_batch(fn, 1, flush=False)
         return agreed_max(times, self.device)
 
     def time(self, fn: Callable[[], object], budget_s: float, min_samples: int,
-             setup: Callable[[], object] | None = None, first_s: float | None = None) -> TimingStats:
+             setup: Callable[[], object] = lambda: None, first_s: float | None = None) -> TimingStats:
         """Agreed samples only: a first call (first_s) happened on each rank at its own time, it is not one."""
         return sample_until_stable(lambda k: self.run_batch(fn, k, setup=setup), budget_s, min_samples,
                                    clock=lambda: agreed_max([time.perf_counter()], self.device)[0])

@@ -128,27 +128,25 @@ class Timer:
         return out, time.perf_counter() - t0
 
     def warm_up(self, fn: Callable[[], object], first_call_s: float, target_s: float = 0.03,
-                setup: Callable[[], object] | None = None) -> None:
+                setup: Callable[[], object] = lambda: None) -> None:
         """A few more calls so caches, clocks and allocator settle; none when one call is already long."""
         if first_call_s > 0.5:
             return
         t0 = time.perf_counter()
         for _ in range(100):
-            if setup is not None:
-                setup()
+            setup()
             fn()
             self.sync()
             if time.perf_counter() - t0 >= target_s:
                 break
 
     def run_batch(self, fn: Callable[[], object], k: int, flush: bool = True,
-                  setup: Callable[[], object] | None = None) -> list[float]:
+                  setup: Callable[[], object] = lambda: None) -> list[float]:
         """k samples of fn; `setup` runs before each, untimed (e.g. the forward whose backward is timed)."""
         if not self.is_cuda:
             times = []
             for _ in range(k):
-                if setup is not None:
-                    setup()
+                setup()
                 if flush:
                     self._flush.zero_()
                 t0 = time.perf_counter()
@@ -158,8 +156,7 @@ class Timer:
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(k)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(k)]
         for start, end in zip(starts, ends, strict=True):
-            if setup is not None:
-                setup()
+            setup()
             if flush:
                 self._flush.zero_()
             if self._sleep_cycles:
@@ -170,13 +167,12 @@ class Timer:
         torch.cuda.synchronize(self.device)
         return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)]
 
-    def host_seconds(self, fn: Callable[[], object], setup: Callable[[], object] | None = None,
+    def host_seconds(self, fn: Callable[[], object], setup: Callable[[], object] = lambda: None,
                      reps: int = 7) -> float:
         """Median host time of one call that is not waited for: what launching fn costs the CPU."""
         times = []
         for _ in range(reps):
-            if setup is not None:
-                setup()
+            setup()
             self.sync()
             t0 = time.perf_counter()
             fn()
@@ -185,7 +181,7 @@ class Timer:
         return statistics.median(times)
 
     def time(self, fn: Callable[[], object], budget_s: float, min_samples: int,
-             setup: Callable[[], object] | None = None, first_s: float | None = None) -> TimingStats:
+             setup: Callable[[], object] = lambda: None, first_s: float | None = None) -> TimingStats:
         """Samples of fn until stable. `first_s`, the time of fn's first call, counts as a sample on a CPU when it is
         longer than FIRST_CALL_SAMPLE_S: nothing compiles or autotunes there (CPU variants are eager PyTorch), and
         for the long ops where it saves minutes (a projection at seq 8192 takes seconds) its one-time cost,

@@ -65,10 +65,9 @@ def describe(config: BlockConfig) -> list[dict[str, object]]:
     (name, fused), and the formulas exactly as declared (train mode: the backward's too)."""
     out = []
     for op in ops_for(config):
-        formulas = [op.doc, f"FLOPs = {op.flops_formula}", f"bytes = {op.bytes_formula}"]
-        if config.mode == "train" and op.backward_flops_formula:
-            formulas += [f"backward FLOPs = {op.backward_flops_formula}",
-                         f"backward bytes = {op.backward_bytes_formula}"]
+        formulas = [op.doc, f"FLOPs = {op.flops.text}", f"bytes = {op.min_bytes.text}"]
+        if config.mode == "train" and op.backward_flops and op.backward_bytes:
+            formulas += [f"backward FLOPs = {op.backward_flops.text}", f"backward bytes = {op.backward_bytes.text}"]
         if op.replaces:
             formulas.append(f"replaces: {' → '.join(op.replaces)}")
         out.append({"name": op.name, "per_block": op.per_block, "unit": op.unit, "flops": op.step_flops(config),

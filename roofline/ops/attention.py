@@ -18,33 +18,8 @@ import torch.nn.functional as F
 
 from roofline.config import BlockConfig
 from roofline.errors import Unsupported
-from roofline.ops.base import Inputs, Op, Variant, needs_cuda, needs_triton, rand, take_rows
+from roofline.ops.base import Formula, Inputs, Op, Variant, needs_cuda, needs_triton, rand, take_rows
 from roofline.ops.linear import linear_op
-
-
-def _scores_numel(c: BlockConfig) -> int:
-    return c.batch * c.n_heads * c.q_len * c.kv_len
-
-
-def _visible_numel(c: BlockConfig) -> int:
-    """Scores a causal mask leaves visible (all of them without the mask)."""
-    return c.batch * c.n_heads * causal_pairs(c)
-
-
-def _q_numel(c: BlockConfig) -> int:
-    return c.batch * c.n_heads * c.q_len * c.head_dim
-
-
-def _kv_numel(c: BlockConfig) -> int:
-    return c.batch * c.n_kv_heads * c.kv_len * c.head_dim
-
-
-def causal_pairs(c: BlockConfig) -> int:
-    """(query, key) pairs a causal query block attends to, bottom-right aligned: Σᵢ min(kv, i + kv − q + 1)."""
-    q, kv = c.q_len, c.kv_len
-    if not c.causal or q == 1:
-        return q * kv
-    return sum(min(kv, i + kv - q + 1) for i in range(q)) if q < 65536 else q * kv // 2
 
 
 def is_causal(c: BlockConfig) -> bool:
@@ -114,19 +89,15 @@ QKV_PROJ = linear_op(
 
 QK_T = Op(
     name="qk_t", group="attention", unit="tensor",
-    flops=lambda c: 2 * _scores_numel(c) * c.head_dim,
-    min_bytes=lambda c: (_q_numel(c) + _kv_numel(c) + _scores_numel(c)) * c.dtype_bytes,
+    flops=Formula("2*b*h*q*kv*hd", "the scale rides in the GEMM's alpha; a causal mask saves nothing here"),
+    min_bytes=Formula("(b*h*q*hd + b*h_kv*kv*hd + b*h*q*kv)*bytes", "read Q, K; write the N×N scores"),
     make_inputs=lambda c, d, g: {k: v for k, v in _qkv_inputs(c, d, g).items() if k != "v"},
     reference=lambda c, i, rows: take_rows(i["q"], rows) @ _expand_kv(i["k"], c).transpose(-1, -2)
     * c.head_dim ** -0.5,
     variants=(Variant("torch", lambda c, i: lambda: qk_t(i["q"], i["k"], c), doc="baddbmm, scale as alpha"),),
-    flops_formula="2·b·h·q·kv·head_dim  (the scale rides in the GEMM's alpha; a causal mask saves nothing here)",
-    bytes_formula="(b·h·q·hd + b·kv_h·kv·hd + b·h·q·kv)·bytes  (read Q, K; write the N×N scores)",
     doc="Scaled attention scores S = Q·Kᵀ/√d: materialises the [b, h, q, kv] matrix.",
-    backward_flops=lambda c: 4 * _scores_numel(c) * c.head_dim,
-    backward_bytes=lambda c: (_scores_numel(c) + 2 * _q_numel(c) + 2 * _kv_numel(c)) * c.dtype_bytes,
-    backward_flops_formula="4·b·h·q·kv·head_dim  (dQ = dS·K/√d, dK = dSᵀ·Q/√d)",
-    backward_bytes_formula="(b·h·q·kv + 2·b·h·q·hd + 2·b·kv_h·kv·hd)·bytes  (read dS, Q, K; write dQ, dK)",
+    backward_flops=Formula("4*b*h*q*kv*hd", "dQ = dS·K/√d, dK = dSᵀ·Q/√d"),
+    backward_bytes=Formula("(b*h*q*kv + 2*b*h*q*hd + 2*b*h_kv*kv*hd)*bytes", "read dS, Q, K; write dQ, dK"),
 )
 
 
@@ -149,23 +120,19 @@ def _triton_softmax(c: BlockConfig, i: Inputs):
 
 SOFTMAX = Op(
     name="softmax", group="attention", unit="vector",
-    flops=lambda c: 5 * _scores_numel(c),
-    min_bytes=lambda c: (_visible_numel(c) + _scores_numel(c)) * c.dtype_bytes,
+    flops=Formula("5*b*h*q*kv", "max, subtract, exp, sum, divide per element"),
+    min_bytes=Formula("(b*h*pairs + b*h*q*kv)*bytes", "read the visible scores, write every probability; pairs = "
+                      "q·kv, or the unmasked part when causal: the mask is computed, masked scores need not be read"),
     make_inputs=_softmax_inputs,
     reference=_softmax_reference,
     variants=(
         Variant("torch", lambda c, i: lambda: masked_softmax(i["scores"], i.get("mask"))),
         Variant("triton", _triton_softmax, fused=True, requires=needs_triton, doc="kernels/softmax.py"),
     ),
-    flops_formula="5·b·h·q·kv  (max, subtract, exp, sum, divide per element)",
-    bytes_formula="(b·h·pairs + b·h·q·kv)·bytes  (read the visible scores, write every probability; pairs = q·kv, "
-                  "or the unmasked part when causal: the mask is computed, masked scores need not be read)",
     doc="Row softmax of the scores (causal-masked when the model is causal).",
-    backward_flops=lambda c: 4 * _scores_numel(c),
-    backward_bytes=lambda c: (2 * _visible_numel(c) + _scores_numel(c)) * c.dtype_bytes,
-    backward_flops_formula="4·b·h·q·kv  (dx = y·(dy − Σ dy·y): multiply, sum, subtract, multiply per element)",
-    backward_bytes_formula="(2·b·h·pairs + b·h·q·kv)·bytes  (read y and dy where visible, write every dx: y is "
-                           "saved, x is not needed)",
+    backward_flops=Formula("4*b*h*q*kv", "dx = y·(dy − Σ dy·y): multiply, sum, subtract, multiply per element"),
+    backward_bytes=Formula("(2*b*h*pairs + b*h*q*kv)*bytes", "read y and dy where visible, write every dx: y is "
+                           "saved, x is not needed"),
 )
 
 
@@ -177,18 +144,14 @@ def _attn_v_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -
 
 ATTN_V = Op(
     name="attn_v", group="attention", unit="tensor",
-    flops=lambda c: 2 * _scores_numel(c) * c.head_dim,
-    min_bytes=lambda c: (_scores_numel(c) + _kv_numel(c) + _q_numel(c)) * c.dtype_bytes,
+    flops=Formula("2*b*h*q*kv*hd"),
+    min_bytes=Formula("(b*h*q*kv + b*h_kv*kv*hd + b*h*q*hd)*bytes", "read P and V, write O"),
     make_inputs=_attn_v_inputs,
     reference=lambda c, i, rows: take_rows(i["p"], rows) @ _expand_kv(i["v"], c),
     variants=(Variant("torch", lambda c, i: lambda: attn_v(i["p"], i["v"], c), doc="bmm"),),
-    flops_formula="2·b·h·q·kv·head_dim",
-    bytes_formula="(b·h·q·kv + b·kv_h·kv·hd + b·h·q·hd)·bytes  (read P and V, write O)",
     doc="O = P·V: reads the N×N probabilities back from HBM.",
-    backward_flops=lambda c: 4 * _scores_numel(c) * c.head_dim,
-    backward_bytes=lambda c: (2 * _scores_numel(c) + _q_numel(c) + 2 * _kv_numel(c)) * c.dtype_bytes,
-    backward_flops_formula="4·b·h·q·kv·head_dim  (dP = dO·Vᵀ, dV = Pᵀ·dO)",
-    backward_bytes_formula="(2·b·h·q·kv + b·h·q·hd + 2·b·kv_h·kv·hd)·bytes  (read dO, P, V; write dP, dV)",
+    backward_flops=Formula("4*b*h*q*kv*hd", "dP = dO·Vᵀ, dV = Pᵀ·dO"),
+    backward_bytes=Formula("(2*b*h*q*kv + b*h*q*hd + 2*b*h_kv*kv*hd)*bytes", "read dO, P, V; write dP, dV"),
 )
 
 
@@ -257,12 +220,13 @@ def _triton_splitkv(c: BlockConfig, i: Inputs):
 
 ATTENTION = Op(
     name="attention", group="attention", unit="tensor",
-    flops=lambda c: 4 * c.batch * c.n_heads * c.head_dim * causal_pairs(c),
-    min_bytes=lambda c: 2 * (_q_numel(c) + _kv_numel(c)) * c.dtype_bytes,
+    flops=Formula("4*b*h*hd*pairs", "two matmuls; pairs = q·kv, or the unmasked half when causal"),
+    min_bytes=Formula("2*(b*h*q*hd + b*h_kv*kv*hd)*bytes", "read Q, K, V; write O — never the N×N matrix"),
     make_inputs=lambda c, d, g: _qkv_inputs(c, d, g),
     reference=lambda c, i, rows: attention_reference(c, i["q"], i["k"], i["v"], rows),
     variants=(
-        Variant("naive", _naive, scratch_bytes=lambda c: (3 if is_causal(c) else 2) * _scores_numel(c) * c.dtype_bytes,
+        Variant("naive", _naive, scratch_bytes=lambda c: ((3 if is_causal(c) else 2) * c.batch * c.n_heads * c.q_len
+                                                          * c.kv_len * c.dtype_bytes),
                 doc="Q·Kᵀ → softmax → ·V in eager PyTorch, materialising N×N twice (three times with the causal mask)"),
         Variant("sdpa_flash", _sdpa("FLASH_ATTENTION"), fused=True, doc="SDPA, FlashAttention-2 backend"),
         Variant("sdpa_efficient", _sdpa("EFFICIENT_ATTENTION"), fused=True,
@@ -274,15 +238,11 @@ ATTENTION = Op(
                 doc="kernels/flash_decoding.py: flash-decoding, the KV cache split across programs"),
     ),
     replaces=("qk_t", "softmax", "attn_v"),
-    flops_formula="4·b·h·head_dim·pairs  (two matmuls; pairs = q·kv, or the unmasked half when causal)",
-    bytes_formula="2·(b·h·q·hd + b·kv_h·kv·hd)·bytes  (read Q, K, V; write O — never the N×N matrix)",
     doc="The whole attention core, naive (unfused chain end to end) vs fused kernels.",
-    backward_flops=lambda c: 8 * c.batch * c.n_heads * c.head_dim * causal_pairs(c),
-    backward_bytes=lambda c: 4 * (_q_numel(c) + _kv_numel(c)) * c.dtype_bytes,
-    backward_flops_formula="8·b·h·head_dim·pairs  (dV = Pᵀ·dO, dP = dO·Vᵀ, dQ = dS·K, dK = dSᵀ·Q; FlashAttention's "
-                           "recomputation of S = Q·Kᵀ, a fifth matmul, is not useful work and is not counted)",
-    backward_bytes_formula="4·(b·h·q·hd + b·kv_h·kv·hd)·bytes  (read Q, K, V, O, dO; write dQ, dK, dV — never the "
-                           "N×N matrix)",
+    backward_flops=Formula("8*b*h*hd*pairs", "dV = Pᵀ·dO, dP = dO·Vᵀ, dQ = dS·K, dK = dSᵀ·Q; FlashAttention's "
+                           "recomputation of S = Q·Kᵀ, a fifth matmul, is not useful work and is not counted"),
+    backward_bytes=Formula("4*(b*h*q*hd + b*h_kv*kv*hd)*bytes", "read Q, K, V, O, dO; write dQ, dK, dV — never "
+                           "the N×N matrix"),
 )
 
 OUT_PROJ = linear_op(

@@ -18,8 +18,9 @@ Conventions (the same everywhere):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -42,6 +43,37 @@ NON_FP8 = ("fp32", "tf32", "bf16", "fp16")
 
 # Relative Frobenius error ‖out − ref‖ / ‖ref‖ allowed per dtype (reference in float64).
 TOLERANCE = {"fp32": 1e-4, "tf32": 5e-3, "bf16": 2e-2, "fp16": 5e-3, "fp8": 1e-1}
+
+
+def no_dims(config: BlockConfig) -> dict[str, int]:
+    return {}
+
+
+@functools.cache
+def _compiled(expr: str):  # type: ignore[no-untyped-def]
+    return compile(expr, expr, "eval")
+
+
+@dataclass(frozen=True)
+class Formula:
+    """A FLOPs or bytes formula, declared once: `expr` is both what is computed and what `roofline ops` shows.
+
+    expr is integer arithmetic over named dimensions: the block's (BlockConfig.dims: b, h, h_kv, hd, q, kv, T, d,
+    d_ffn, bytes, pairs, E, k) and those the op adds (`dims`, e.g. a projection's K and N). '2*T*K*N' computes
+    2·tokens·K·N and reads '2·T·K·N'; `note` says what it counts and why.
+    """
+
+    expr: str
+    note: str = ""
+    dims: Callable[[BlockConfig], dict[str, int]] = field(default=no_dims, compare=False)
+
+    def __call__(self, c: BlockConfig) -> int:
+        return int(eval(_compiled(self.expr), {"__builtins__": {}, "min": min}, {**c.dims, **self.dims(c)}))
+
+    @property
+    def text(self) -> str:
+        shown = self.expr.replace("*", "·").replace("//", "/").replace(" - ", " − ")
+        return f"{shown}  ({self.note})" if self.note else shown
 
 
 class CheckFailed(Exception):
@@ -96,22 +128,18 @@ class Op:
     name: str
     group: str
     unit: str
-    flops: Callable[[BlockConfig], int]
-    min_bytes: Callable[[BlockConfig], int]
+    flops: Formula
+    min_bytes: Formula
     make_inputs: Callable[[BlockConfig, torch.device, torch.Generator], Inputs]
     reference: Callable[[BlockConfig, Inputs, torch.Tensor], torch.Tensor]
     variants: tuple[Variant, ...]
-    flops_formula: str
-    bytes_formula: str
     doc: str
     check: Callable[[BlockConfig, Inputs, object, torch.Tensor], float] | None = None
     applies: Callable[[BlockConfig], bool] = lambda c: True
     replaces: tuple[str, ...] = ()
     per_block: int = 1
-    backward_flops: Callable[[BlockConfig], int] | None = None
-    backward_bytes: Callable[[BlockConfig], int] | None = None
-    backward_flops_formula: str = ""
-    backward_bytes_formula: str = ""
+    backward_flops: Formula | None = None
+    backward_bytes: Formula | None = None
     grad_check: Callable[..., float] | None = None
     gemm_shape: Callable[[BlockConfig], tuple[int, int, int]] | None = None  # (M, N, K) of a plain matmul op
 

@@ -6,14 +6,14 @@ output projection and FFN-down with a partial [tokens, d_model] sum; an all-redu
 every rank gets the full result. These ops apply only when tp > 1: `roofline profile --tp N` measures them
 and `roofline ops --tp N` lists them.
 
-Conventions, those of NCCL-tests ("bus bandwidth"), for a buffer of S bytes (E elements) over n ranks:
+Conventions, those of NCCL-tests ("bus bandwidth"), for a buffer of M elements (S = M·out_bytes bytes) over n ranks:
 - min_bytes is the bus bytes, what each rank must send (and receive) over its links with the optimal
   algorithm: all-reduce 2·(n−1)/n·S (a reduce-scatter, then an all-gather); all-gather (S = the gathered
   output) and reduce-scatter (S = the whole input) (n−1)/n·S. So min_bytes / time is NCCL-tests' busbw
   = algbw·2(n−1)/n (all-reduce) or algbw·(n−1)/n, which does not depend on n for an ideal ring: it compares
-  with the link bandwidth, and it is the roof these ops meet ("comm.busbw", model.ceiling_key).
+  with the link bandwidth, and it is the roof these ops meet ("comm.busbw", analysis/placement.ceiling_key).
 - FLOPs are the reduction adds a rank performs: it reduces its 1/n of the elements from n−1 peers, so
-  (n−1)/n·E for all-reduce and reduce-scatter, 0 for all-gather. Their intensity (≤ 1/(2·bytes)) puts them far
+  (n−1)/n·M for all-reduce and reduce-scatter, 0 for all-gather. Their intensity (≤ 1/(2·bytes)) puts them far
   left of any ridge: they are interconnect-bound.
 - Check: the ranks' inputs are the shared random `base` scaled by rank + 1, so every rank can compute the
   expected float64 sum (or gathered rows) and checks that it got it.
@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from roofline.config import BlockConfig
-from roofline.ops.base import TORCH_DTYPES, Inputs, Op, Variant
+from roofline.ops.base import TORCH_DTYPES, Formula, Inputs, Op, Variant
 from roofline.ops.linear import FP8_OUT_DTYPE, out_bytes
 
 # torch ≥ 2.11 renamed the tensor collectives (the old names warn).
@@ -154,38 +154,38 @@ def _scatter_reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.T
     return _sum_reference(ACTIVATION)(c, i, rows + rank() * (c.tokens // c.tp))
 
 
-def _bus_bytes(factor: int, buf: Buffer = ACTIVATION) -> Callable[[BlockConfig], int]:
-    """factor·(n−1)/n·S: NCCL-tests' bus bytes of a collective over a buffer of S = E·bytes."""
-    return lambda c: factor * (buf.ranks(c) - 1) * buf.elements(c) * out_bytes(c) // buf.ranks(c)
+def _dims(buf: Buffer) -> Callable[[BlockConfig], dict[str, int]]:
+    """A collective's own dimensions: n ranks, M elements in its buffer, out_bytes per element."""
+    return lambda c: {"n": buf.ranks(c), "M": buf.elements(c), "out_bytes": out_bytes(c)}
 
 
-def _reduce_adds(buf: Buffer = ACTIVATION) -> Callable[[BlockConfig], int]:
-    return lambda c: (buf.ranks(c) - 1) * buf.elements(c) // buf.ranks(c)
+ADDS = "(n - 1)*M//n"  # the reduction adds one rank performs: its 1/n of the elements, from n − 1 peers
+ALL_REDUCE_BUS = "2*(n - 1)*M*out_bytes//n"  # NCCL-tests' bus bytes of an all-reduce (reduce-scatter + all-gather)
+HALF_BUS = "(n - 1)*M*out_bytes//n"  # of an all-gather or a reduce-scatter
 
 
 def _collective(name: str, call: str, doc: str, build, reference, make_inputs,  # type: ignore[no-untyped-def]
-                flops: Callable[[BlockConfig], int], bus_factor: int, flops_formula: str, bytes_formula: str,
-                buf: Buffer = ACTIVATION, **train: object) -> Op:
+                flops: Formula, min_bytes: Formula, buf: Buffer = ACTIVATION, **train: object) -> Op:
     return Op(
-        name=name, group="comm", unit="comm", flops=flops, min_bytes=_bus_bytes(bus_factor, buf),
-        make_inputs=make_inputs, reference=reference,
+        name=name, group="comm", unit="comm", flops=flops, min_bytes=min_bytes, make_inputs=make_inputs,
+        reference=reference,
         variants=(Variant("torch", build, requires=needs_ranks, dtypes=tuple(TORCH_DTYPES),
                           doc=f"torch.distributed.{call} (NCCL on GPUs, gloo on the CPU)"),),
-        flops_formula=flops_formula, bytes_formula=bytes_formula, doc=doc,
-        applies=lambda c: buf.ranks(c) > 1 and (buf is ACTIVATION or c.mode == "train"), **train,  # type: ignore
+        doc=doc, applies=lambda c: buf.ranks(c) > 1 and (buf is ACTIVATION or c.mode == "train"),
+        **train,  # type: ignore[arg-type]
     )
 
 
 def _all_reduce_op(name: str, after: str) -> Op:
+    dims = _dims(ACTIVATION)
     return _collective(
         name, "all_reduce",
         f"All-reduce of the {after} partial sums: every rank gets the sum of the n ranks' [T, d_model].",
-        _all_reduce, _sum_reference(ACTIVATION), _full_inputs(ACTIVATION), _reduce_adds(), 2,
-        "(n−1)/n·T·d_model  (this rank's share of the reduction adds)",
-        "2·(n−1)/n·T·d_model·bytes  (NCCL bus bytes: reduce-scatter then all-gather)",
-        backward_flops=_reduce_adds(), backward_bytes=_bus_bytes(2),
-        backward_flops_formula="(n−1)/n·T·d_model  (the conjugate all-reduce of the input gradient)",
-        backward_bytes_formula="2·(n−1)/n·T·d_model·bytes  (the same size as the forward's)")
+        _all_reduce, _sum_reference(ACTIVATION), _full_inputs(ACTIVATION),
+        Formula(ADDS, "this rank's share of the reduction adds; M = T·d, the partial output", dims),
+        Formula(ALL_REDUCE_BUS, "NCCL bus bytes: reduce-scatter then all-gather", dims),
+        backward_flops=Formula(ADDS, "the conjugate all-reduce of the input gradient", dims),
+        backward_bytes=Formula(ALL_REDUCE_BUS, "the same size as the forward's", dims))
 
 
 ALLREDUCE_OUT_PROJ = _all_reduce_op("allreduce_out_proj", "output projection's")
@@ -194,22 +194,22 @@ ALLREDUCE_FFN_DOWN = _all_reduce_op("allreduce_ffn_down", "FFN-down's")
 ALLREDUCE_GRADS = _collective(
     "allreduce_grads", "all_reduce",
     "Data parallelism: the all-reduce of the block's weight gradients, every rank's replica then holds their sum.",
-    _all_reduce, _sum_reference(GRADIENTS), _full_inputs(GRADIENTS), _reduce_adds(GRADIENTS), 2,
-    "(n−1)/n·P  (P = the block's parameters; this rank's share of the reduction adds)",
-    "2·(n−1)/n·P·bytes  (NCCL bus bytes; gradients in the run's dtype)", buf=GRADIENTS)
+    _all_reduce, _sum_reference(GRADIENTS), _full_inputs(GRADIENTS),
+    Formula(ADDS, "M = P, the block's parameters; this rank's share of the reduction adds", _dims(GRADIENTS)),
+    Formula(ALL_REDUCE_BUS, "NCCL bus bytes; gradients in the run's dtype", _dims(GRADIENTS)), buf=GRADIENTS)
 
 ALL_GATHER = _collective(
     "all_gather", "all_gather_into_tensor",
     "All-gather: each rank contributes T/n rows of [T, d_model] and receives all T.",
-    _all_gather_build, _gather_reference, _chunk_inputs, lambda c: 0, 1,
-    "0  (no arithmetic)", "(n−1)/n·T·d_model·bytes  (NCCL bus bytes; S = the gathered output)")
+    _all_gather_build, _gather_reference, _chunk_inputs, Formula("0", "no arithmetic"),
+    Formula(HALF_BUS, "NCCL bus bytes; M = the gathered output", _dims(ACTIVATION)))
 
 REDUCE_SCATTER = _collective(
     "reduce_scatter", "reduce_scatter_tensor",
     "Reduce-scatter: the sum of the ranks' [T, d_model], each rank keeping its T/n rows.",
-    _reduce_scatter_build, _scatter_reference, _full_inputs(ACTIVATION), _reduce_adds(), 1,
-    "(n−1)/n·T·d_model  (this rank's share of the reduction adds)",
-    "(n−1)/n·T·d_model·bytes  (NCCL bus bytes; S = the whole input)")
+    _reduce_scatter_build, _scatter_reference, _full_inputs(ACTIVATION),
+    Formula(ADDS, "this rank's share of the reduction adds", _dims(ACTIVATION)),
+    Formula(HALF_BUS, "NCCL bus bytes; M = the whole input", _dims(ACTIVATION)))
 
 # The block's collectives (ops/__init__.py places them in the block order, after the projections they sum, the
 # gradients' all-reduce last), and those `calibrate_interconnect` measures.

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from roofline.config import BlockConfig
-from roofline.ops.base import Inputs, Op, Variant, rand, take_rows
+from roofline.ops.base import Formula, Inputs, Op, Variant, rand, take_rows
 from roofline.ops.linear import linear_op
 
 
@@ -36,18 +36,14 @@ def _gelu_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> 
 
 GELU = Op(
     name="gelu", group="ffn", unit="vector",
-    flops=lambda c: 5 * c.tokens * c.ffn_dim,
-    min_bytes=lambda c: 2 * c.tokens * c.ffn_dim * c.dtype_bytes,
+    flops=Formula("5*T*d_ffn", "x/√2, erf, +1, ×x, ×½ per element; erf counted as one"),
+    min_bytes=Formula("2*T*d_ffn*bytes", "read, write"),
     make_inputs=_gelu_inputs,
     reference=lambda c, i, rows: F.gelu(take_rows(i["x"], rows)),
     variants=(Variant("torch", lambda c, i: lambda: F.gelu(i["x"])),),
-    flops_formula="5·T·d_ffn  (x/√2, erf, +1, ×x, ×½ per element; erf counted as one)",
-    bytes_formula="2·T·d_ffn·bytes  (read, write)",
     doc="Exact (erf) GELU between the two FFN projections.",
-    backward_flops=lambda c: 11 * c.tokens * c.ffn_dim,
-    backward_bytes=lambda c: 3 * c.tokens * c.ffn_dim * c.dtype_bytes,
-    backward_flops_formula="11·T·d_ffn  (dy·(Φ(x) + x·φ(x)): Φ 4, φ = exp(−x²/2)/√(2π) 4, ×x, +, ×dy)",
-    backward_bytes_formula="3·T·d_ffn·bytes  (read x and dy, write dx)",
+    backward_flops=Formula("11*T*d_ffn", "dy·(Φ(x) + x·φ(x)): Φ 4, φ = exp(−x²/2)/√(2π) 4, ×x, +, ×dy"),
+    backward_bytes=Formula("3*T*d_ffn*bytes", "read x and dy, write dx"),
     applies=lambda c: c.activation == "gelu" and dense(c),
 )
 
@@ -63,19 +59,15 @@ def swiglu(x: torch.Tensor) -> torch.Tensor:
 
 SWIGLU = Op(
     name="swiglu", group="ffn", unit="vector",
-    flops=lambda c: 6 * c.tokens * c.ffn_dim,
-    min_bytes=lambda c: 3 * c.tokens * c.ffn_dim * c.dtype_bytes,
+    flops=Formula("6*T*d_ffn", "silu: negate, exp, add, divide, multiply; then × up"),
+    min_bytes=Formula("3*T*d_ffn*bytes", "read gate and up, write the product"),
     make_inputs=_swiglu_inputs,
     reference=lambda c, i, rows: swiglu(take_rows(i["x"], rows)),
     variants=(Variant("torch", lambda c, i: lambda: swiglu(i["x"])),),
-    flops_formula="6·T·d_ffn  (silu: negate, exp, add, divide, multiply; then × up)",
-    bytes_formula="3·T·d_ffn·bytes  (read gate and up, write the product)",
     doc="SwiGLU: silu(gate) · up (Llama-style FFN).",
-    backward_flops=lambda c: 12 * c.tokens * c.ffn_dim,
-    backward_bytes=lambda c: 5 * c.tokens * c.ffn_dim * c.dtype_bytes,
-    backward_flops_formula="12·T·d_ffn  (σ(g) 4, silu 1, d_up = dy·silu 1, silu' = σ·(1 + g·(1 − σ)) 4, "
-                           "d_gate = dy·up·silu' 2)",
-    backward_bytes_formula="5·T·d_ffn·bytes  (read gate, up, dy; write d_gate, d_up)",
+    backward_flops=Formula("12*T*d_ffn", "σ(g) 4, silu 1, d_up = dy·silu 1, silu' = σ·(1 + g·(1 − σ)) 4, "
+                           "d_gate = dy·up·silu' 2"),
+    backward_bytes=Formula("5*T*d_ffn*bytes", "read gate, up, dy; write d_gate, d_up"),
     applies=lambda c: c.activation == "swiglu" and dense(c),
 )
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from roofline.config import BlockConfig
-from roofline.ops.base import TORCH_DTYPES, Inputs, Op, Variant, rand, take_rows
+from roofline.ops.base import TORCH_DTYPES, Formula, Inputs, Op, Variant, rand, take_rows
 
 FP8_OUT_DTYPE = torch.bfloat16
 
@@ -77,23 +77,21 @@ def linear_op(name: str, group: str, in_dim: Callable[[BlockConfig], int],
     def requires(c: BlockConfig, device: torch.device) -> str | None:
         return fp8_requirement(in_dim(c), out_dim(c), device) if c.dtype == "fp8" else None
 
+    def shape(c: BlockConfig) -> dict[str, int]:
+        return {"K": in_dim(c), "N": out_dim(c), "out_bytes": out_bytes(c)}
+
     return Op(
         name=name, group=group, unit="tensor",
-        flops=lambda c: 2 * c.tokens * in_dim(c) * out_dim(c),
-        min_bytes=lambda c: ((c.tokens * in_dim(c) + in_dim(c) * out_dim(c)) * c.dtype_bytes
-                             + c.tokens * out_dim(c) * out_bytes(c)),
+        flops=Formula("2*T*K*N", dims, shape),
+        min_bytes=Formula("(T*K + K*N)*bytes + T*N*out_bytes", "read x and W, write y; out_bytes = bytes, but 2 "
+                          "for fp8, whose matmuls write y in bf16", shape),
         make_inputs=make_inputs,
         reference=reference,
         variants=(Variant("torch", build, requires=requires, dtypes=tuple(TORCH_DTYPES),
                           doc="F.linear (cuBLAS / oneDNN); fp8: torch._scaled_mm, per-tensor scales, bf16 out"),),
-        flops_formula=f"2·T·K·N  ({dims})",
-        bytes_formula="(T·K + K·N + T·N)·bytes  (read x and W, write y; fp8 writes y in bf16)",
         doc=doc,
         applies=applies,
         gemm_shape=lambda c: (c.tokens, out_dim(c), in_dim(c)),
-        backward_flops=lambda c: 4 * c.tokens * in_dim(c) * out_dim(c),
-        backward_bytes=lambda c: (2 * c.tokens * in_dim(c) + 2 * in_dim(c) * out_dim(c)
-                                  + c.tokens * out_dim(c)) * c.dtype_bytes,
-        backward_flops_formula="4·T·K·N  (dx = dy·W and dW = dyᵀ·x: two matmuls of the forward's size)",
-        backward_bytes_formula="(2·T·K + 2·K·N + T·N)·bytes  (read dy, x, W; write dx, dW)",
+        backward_flops=Formula("4*T*K*N", "dx = dy·W and dW = dyᵀ·x: two matmuls of the forward's size", shape),
+        backward_bytes=Formula("(2*T*K + 2*K*N + T*N)*bytes", "read dy, x, W; write dx, dW", shape),
     )

@@ -18,11 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from roofline.config import BlockConfig
-from roofline.ops.base import Inputs, Op, Variant, rand, take_rows
+from roofline.ops.base import Formula, Inputs, Op, Variant, rand, take_rows
 from roofline.ops.ffn import swiglu, up_width
 from roofline.results import MoeFlops
-
-INDEX_BYTES = 8  # expert ids are int64 (what topk returns)
 
 
 def moe(c: BlockConfig) -> bool:
@@ -36,11 +34,6 @@ def activation(c: BlockConfig, h: torch.Tensor) -> torch.Tensor:
 def touched_experts(c: BlockConfig) -> int:
     """Experts that receive at least one token under balanced routing: all of them once T·top_k ≥ n_experts."""
     return min(c.n_experts, c.tokens * c.top_k)
-
-
-def expert_weights(c: BlockConfig) -> int:
-    """Elements of one expert's FFN: up (gate and up for SwiGLU) and down projections."""
-    return (up_width(c) + c.ffn_dim) * c.d_model
 
 
 # --- router: logits = x·W_gateᵀ, softmax over experts, top-k, renormalised (Mixtral) ---------------------
@@ -61,25 +54,19 @@ def _router_reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Te
 
 MOE_ROUTER = Op(
     name="moe_router", group="ffn", unit="tensor",
-    flops=lambda c: 2 * c.tokens * c.d_model * c.n_experts,
-    min_bytes=lambda c: ((c.tokens * c.d_model + c.n_experts * c.d_model + c.tokens * c.top_k) * c.dtype_bytes
-                         + c.tokens * c.top_k * INDEX_BYTES),
+    flops=Formula("2*T*d*E", "the gate matmul; like attention's softmax inside the fused op, the softmax, top-k and "
+                  "renormalisation over E, ~5·T·E, are not counted"),
+    min_bytes=Formula("(T*d + E*d + T*k)*bytes + 8*T*k", "read x and W_gate; write the k weights and int64 ids"),
     make_inputs=lambda c, d, g: {"x": rand((c.tokens, c.d_model), c, d, g),
                                  "w_gate": rand((c.n_experts, c.d_model), c, d, g, scale=c.d_model ** -0.5)},
     reference=_router_reference,
     variants=(Variant("torch", lambda c, i: lambda: route(i["x"], i["w_gate"], c.top_k),
                       doc="F.linear, fp32 softmax, topk, renormalise"),),
-    flops_formula="2·T·d·E  (the gate matmul; like attention's softmax inside the fused op, the softmax, top-k "
-                  "and renormalisation over E, ~5·T·E, are not counted)",
-    bytes_formula="(T·d + E·d + T·k)·bytes + 8·T·k  (read x and W_gate; write the k weights and int64 ids)",
     doc="MoE router: which top_k of n_experts each token goes to, and with which weights.",
-    backward_flops=lambda c: 4 * c.tokens * c.d_model * c.n_experts,
-    backward_bytes=lambda c: (2 * c.tokens * c.d_model + 2 * c.n_experts * c.d_model
-                              + c.tokens * c.top_k) * c.dtype_bytes,
-    backward_flops_formula="4·T·d·E  (dx and dW_gate of the gate matmul; the softmax and top-k backward, ~4·T·E, "
-                           "not counted)",
-    backward_bytes_formula="(2·T·d + 2·E·d + T·k)·bytes  (read the weights' gradient, x and W_gate; write dx, "
-                           "dW_gate)",
+    backward_flops=Formula("4*T*d*E", "dx and dW_gate of the gate matmul; the softmax and top-k backward, ~4·T·E, "
+                           "not counted"),
+    backward_bytes=Formula("(2*T*d + 2*E*d + T*k)*bytes", "read the weights' gradient, x and W_gate; write dx, "
+                           "dW_gate"),
     applies=moe,
 )
 
@@ -172,6 +159,11 @@ def needs_grouped_mm(c: BlockConfig, device: torch.device) -> str | None:
     return None
 
 
+def _expert_dims(c: BlockConfig) -> dict[str, int]:
+    """An expert's up-projection width (2·d_ffn for SwiGLU) and the experts that get a token."""
+    return {"up": up_width(c), "touched": touched_experts(c)}
+
+
 def _scratch(c: BlockConfig) -> int:
     """Sorted inputs, up output, activation, down output: [T·k, d + up + d_ffn + d]."""
     return c.tokens * c.top_k * (2 * c.d_model + up_width(c) + c.ffn_dim) * c.dtype_bytes
@@ -179,9 +171,11 @@ def _scratch(c: BlockConfig) -> int:
 
 MOE_EXPERTS = Op(
     name="moe_experts", group="ffn", unit="tensor",
-    flops=lambda c: 2 * c.tokens * c.top_k * expert_weights(c),
-    min_bytes=lambda c: ((2 * c.tokens * c.d_model + c.tokens * c.top_k + touched_experts(c) * expert_weights(c))
-                         * c.dtype_bytes + c.tokens * c.top_k * INDEX_BYTES),
+    flops=Formula("2*T*k*(up + d_ffn)*d", "each token's k experts: up (2·d_ffn wide for SwiGLU: gate and up) and "
+                  "down projections; matmuls only, as for fused attention: the activation and weighted sum, "
+                  "(6·d_ffn + 2·d)·T·k, are not counted", _expert_dims),
+    min_bytes=Formula("(2*T*d + T*k + touched*(up + d_ffn)*d)*bytes + 8*T*k", "read x, the routing and every expert "
+                      "that gets a token, touched = min(E, T·k); write y", _expert_dims),
     make_inputs=_experts_inputs,
     reference=_experts_reference,
     variants=(
@@ -191,19 +185,11 @@ MOE_EXPERTS = Op(
         Variant("padded_bmm", _variant(moe_padded_bmm), fused=True, scratch_bytes=_scratch,
                 doc="torch.bmm over expert batches padded to the busiest expert"),
     ),
-    flops_formula="2·3·T·k·d·d_ffn  (SwiGLU experts: up 2·d_ffn and down d_ffn wide, k experts per token; "
-                  "matmuls only, as for fused attention: the activation and weighted sum, (6·d_ffn + 2·d)·T·k, "
-                  "are not counted)",
-    bytes_formula="(2·T·d + T·k + touched·3·d·d_ffn)·bytes + 8·T·k  (read x, the routing and every expert that "
-                  "gets a token, min(E, T·k); write y)",
     doc="The routed tokens' expert FFNs (dispatch, expert matmuls, weighted combine), top_k per token.",
-    backward_flops=lambda c: 4 * c.tokens * c.top_k * expert_weights(c),
-    backward_bytes=lambda c: ((3 * c.tokens * c.d_model + 2 * c.tokens * c.top_k
-                               + 2 * touched_experts(c) * expert_weights(c)) * c.dtype_bytes
-                              + c.tokens * c.top_k * INDEX_BYTES),
-    backward_flops_formula="4·3·T·k·d·d_ffn  (dx and dW of both expert matmuls: twice the forward)",
-    backward_bytes_formula="(3·T·d + 2·T·k + 2·touched·3·d·d_ffn)·bytes + 8·T·k  (read dy, x, the routing and "
-                           "every touched expert; write dx, the routing weights' gradient and the experts' dW)",
+    backward_flops=Formula("4*T*k*(up + d_ffn)*d", "dx and dW of both expert matmuls: twice the forward", _expert_dims),
+    backward_bytes=Formula("(3*T*d + 2*T*k + 2*touched*(up + d_ffn)*d)*bytes + 8*T*k", "read dy, x, the routing and "
+                           "every touched expert; write dx, the routing weights' gradient and the experts' dW",
+                           _expert_dims),
     applies=moe,
 )
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from roofline.config import BlockConfig
 from roofline.ops.base import (
     CheckFailed,
+    Formula,
     Inputs,
     Op,
     Variant,
@@ -23,10 +24,6 @@ from roofline.ops.base import (
     relative_error,
     take_rows,
 )
-
-
-def _act(c: BlockConfig) -> int:
-    return c.tokens * c.d_model
 
 
 def _x_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
@@ -65,37 +62,29 @@ def _rmsnorm(c: BlockConfig, i: Inputs):
 
 LAYERNORM = Op(
     name="layernorm", group="norm", unit="vector", per_block=2,
-    flops=lambda c: 8 * _act(c),
-    min_bytes=lambda c: (2 * _act(c) + 2 * c.d_model) * c.dtype_bytes,
+    flops=Formula("8*T*d", "mean 1, variance 3, normalise 2, affine 2 per element"),
+    min_bytes=Formula("(2*T*d + 2*d)*bytes", "read x, weight, bias; write y"),
     make_inputs=_norm_inputs,
     reference=lambda c, i, rows: layernorm_reference(take_rows(i["x"], rows), i["weight"], i["bias"], c.norm_eps),
     variants=(Variant("torch", _layernorm),),
-    flops_formula="8·T·d  (mean 1, variance 3, normalise 2, affine 2 per element)",
-    bytes_formula="(2·T·d + 2·d)·bytes  (read x, weight, bias; write y)",
     doc="LayerNorm over d_model, before attention and before the FFN (twice per block).",
-    backward_flops=lambda c: 13 * _act(c),
-    backward_bytes=lambda c: (3 * _act(c) + 3 * c.d_model) * c.dtype_bytes,
-    backward_flops_formula="13·T·d  (x̂ 2, g = dy·w 1, dw += dy·x̂ 2, db += dy 1, Σg 1, Σg·x̂ 2, dx = rstd·(g − ḡ − x̂·"
-                           "mean(g·x̂)) 4 per element)",
-    backward_bytes_formula="(3·T·d + 3·d)·bytes  (read x, dy, weight; write dx, dweight, dbias; the per-row mean "
-                           "and rstd are 2·T floats, not counted)",
+    backward_flops=Formula("13*T*d", "x̂ 2, g = dy·w 1, dw += dy·x̂ 2, db += dy 1, Σg 1, Σg·x̂ 2, dx = rstd·(g − ḡ − "
+                           "x̂·mean(g·x̂)) 4 per element"),
+    backward_bytes=Formula("(3*T*d + 3*d)*bytes", "read x, dy, weight; write dx, dweight, dbias; the per-row mean "
+                           "and rstd are 2·T floats, not counted"),
     applies=lambda c: c.norm == "layernorm",
 )
 
 RMSNORM = Op(
     name="rmsnorm", group="norm", unit="vector", per_block=2,
-    flops=lambda c: 4 * _act(c),
-    min_bytes=lambda c: (2 * _act(c) + c.d_model) * c.dtype_bytes,
+    flops=Formula("4*T*d", "square 1, sum 1, scale 1, weight 1 per element"),
+    min_bytes=Formula("(2*T*d + d)*bytes", "read x, weight; write y"),
     make_inputs=_norm_inputs,
     reference=lambda c, i, rows: rmsnorm_reference(take_rows(i["x"], rows), i["weight"], c.norm_eps),
     variants=(Variant("torch", _rmsnorm),),
-    flops_formula="4·T·d  (square 1, sum 1, scale 1, weight 1 per element)",
-    bytes_formula="(2·T·d + d)·bytes  (read x, weight; write y)",
     doc="RMSNorm (Llama-style), twice per block.",
-    backward_flops=lambda c: 9 * _act(c),
-    backward_bytes=lambda c: (3 * _act(c) + 2 * c.d_model) * c.dtype_bytes,
-    backward_flops_formula="9·T·d  (x̂ 1, g = dy·w 1, dw += dy·x̂ 2, Σg·x̂ 2, dx = rstd·(g − x̂·mean(g·x̂)) 3)",
-    backward_bytes_formula="(3·T·d + 2·d)·bytes  (read x, dy, weight; write dx, dweight)",
+    backward_flops=Formula("9*T*d", "x̂ 1, g = dy·w 1, dw += dy·x̂ 2, Σg·x̂ 2, dx = rstd·(g − x̂·mean(g·x̂)) 3"),
+    backward_bytes=Formula("(3*T*d + 2*d)*bytes", "read x, dy, weight; write dx, dweight"),
     applies=lambda c: c.norm == "rmsnorm",
 )
 
@@ -106,18 +95,14 @@ def _residual_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator)
 
 RESIDUAL_ADD = Op(
     name="residual_add", group="norm", unit="vector", per_block=2,
-    flops=lambda c: _act(c),
-    min_bytes=lambda c: 3 * _act(c) * c.dtype_bytes,
+    flops=Formula("T*d", "one add per element"),
+    min_bytes=Formula("3*T*d*bytes", "read x and residual, write the sum"),
     make_inputs=_residual_inputs,
     reference=lambda c, i, rows: take_rows(i["x"], rows) + take_rows(i["residual"], rows),
     variants=(Variant("torch", lambda c, i: lambda: i["x"] + i["residual"]),),
-    flops_formula="T·d  (one add per element)",
-    bytes_formula="3·T·d·bytes  (read x and residual, write the sum)",
     doc="The residual connection around attention and around the FFN (twice per block).",
-    backward_flops=lambda c: 0,
-    backward_bytes=lambda c: 0,
-    backward_flops_formula="0  (both inputs get dy itself)",
-    backward_bytes_formula="0  (autograd hands the same gradient tensor on: no kernel runs)",
+    backward_flops=Formula("0", "both inputs get dy itself"),
+    backward_bytes=Formula("0", "autograd hands the same gradient tensor on: no kernel runs"),
 )
 
 
@@ -152,23 +137,25 @@ def dropout_grad_error(c: BlockConfig, i: Inputs, output: object, grads: dict, d
 
 DROPOUT = Op(
     name="dropout", group="norm", unit="vector", per_block=2,
-    flops=lambda c: _act(c),
-    min_bytes=lambda c: 2 * _act(c) * c.dtype_bytes,
+    flops=Formula("T*d", "one scale per element; random-number generation not counted"),
+    min_bytes=Formula("2*T*d*bytes", "read x, write y; the mask stays on chip"),
     make_inputs=_x_inputs,
     reference=lambda c, i, rows: take_rows(i["x"], rows),
     check=lambda c, i, out, rows: dropout_error(i["x"], out, c.dropout_p),
     variants=(Variant("torch", lambda c, i: lambda: F.dropout(i["x"], c.dropout_p, training=True)),),
     grad_check=dropout_grad_error,
-    backward_flops=lambda c: _act(c),
-    backward_bytes=lambda c: 2 * _act(c) * c.dtype_bytes,
-    backward_flops_formula="T·d  (dx = dy·mask/(1−p), one multiply per element)",
-    backward_bytes_formula="2·T·d·bytes  (read dy, write dx; the mask regenerated from the RNG seed, as our fused "
-                           "kernel does — PyTorch saves it, T·d more bytes)",
-    flops_formula="T·d  (one scale per element; random-number generation not counted)",
-    bytes_formula="2·T·d·bytes  (read x, write y; the mask stays on chip)",
+    backward_flops=Formula("T*d", "dx = dy·mask/(1−p), one multiply per element"),
+    backward_bytes=Formula("2*T*d*bytes", "read dy, write dx; the mask regenerated from the RNG seed, as our fused "
+                           "kernel does — PyTorch saves it, T·d more bytes"),
     doc="Dropout on the attention and FFN outputs (twice per block), p from the model config.",
     applies=lambda c: c.dropout_p > 0,  # at p = 0 (Llama, Mixtral) there is no dropout: F.dropout returns x
 )
+
+
+def _norm_dims(c: BlockConfig) -> dict[str, int]:
+    """The norm inside the fused op: its FLOPs per element (forward, backward) and its parameter vectors."""
+    layer = c.norm == "layernorm"
+    return {"norm_ops": 8 if layer else 4, "norm_backward_ops": 13 if layer else 9, "norm_params": 2 if layer else 1}
 
 
 def _fused_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
@@ -257,8 +244,10 @@ def fused_norm_grad_error(c: BlockConfig, i: Inputs, output: object, grads: dict
 
 RESIDUAL_DROPOUT_NORM = Op(
     name="residual_dropout_norm", group="norm", unit="vector", per_block=2,
-    flops=lambda c: (2 + (8 if c.norm == "layernorm" else 4)) * _act(c),
-    min_bytes=lambda c: (4 * _act(c) + (2 if c.norm == "layernorm" else 1) * c.d_model) * c.dtype_bytes,
+    flops=Formula("(2 + norm_ops)*T*d", "dropout's scale and the add, then the norm's norm_ops per element: 8 for "
+                  "LayerNorm, 4 for RMSNorm", _norm_dims),
+    min_bytes=Formula("(4*T*d + norm_params*d)*bytes", "read x, residual and the norm's norm_params vectors "
+                      "(weight and bias: 2, RMSNorm's weight: 1); write y and the new residual", _norm_dims),
     make_inputs=_fused_inputs,
     reference=lambda c, i, rows: take_rows(i["x"], rows),
     check=fused_norm_error,
@@ -269,16 +258,14 @@ RESIDUAL_DROPOUT_NORM = Op(
         Variant("triton", _triton, fused=True, requires=needs_triton, doc="kernels/fused_add_dropout_norm.py"),
     ),
     replaces=("dropout", "residual_add", "layernorm", "rmsnorm"),
-    flops_formula="(2 + norm)·T·d  (dropout scale, add, then the norm's 8 or 4 per element)",
-    bytes_formula="(4·T·d + 2·d)·bytes  (read x, residual, weight, bias; write y and the new residual; d for RMSNorm)",
     doc="new_residual = residual + dropout(x); y = norm(new_residual), in one pass instead of three.",
     grad_check=fused_norm_grad_error,
-    backward_flops=lambda c: (2 + (13 if c.norm == "layernorm" else 9)) * _act(c),
-    backward_bytes=lambda c: (5 * _act(c) + (3 if c.norm == "layernorm" else 2) * c.d_model) * c.dtype_bytes,
-    backward_flops_formula="(2 + norm)·T·d  (the norm's backward, 13 or 9 per element, dh += the residual stream's "
-                           "gradient, dx = dh·mask/(1−p); d_residual is dh itself)",
-    backward_bytes_formula="(5·T·d + 3·d)·bytes  (read dy, the residual stream's gradient and h; write dx and "
-                           "d_residual; weight in, dweight and dbias out; 2·d for RMSNorm)",
+    backward_flops=Formula("(2 + norm_backward_ops)*T*d", "the norm's backward, norm_backward_ops per element (13 "
+                           "for LayerNorm, 9 for RMSNorm), dh += the residual stream's gradient, dx = dh·mask/(1−p); "
+                           "d_residual is dh itself", _norm_dims),
+    backward_bytes=Formula("(5*T*d + (norm_params + 1)*d)*bytes", "read dy, the residual stream's gradient and h; "
+                           "write dx and d_residual; the norm's vectors in, their gradients out, and the weight read",
+                           _norm_dims),
 )
 
 OPS = (LAYERNORM, RMSNORM, DROPOUT, RESIDUAL_ADD, RESIDUAL_DROPOUT_NORM)

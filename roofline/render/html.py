@@ -12,18 +12,7 @@ import base64
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from roofline.analysis.compare import (
-    BOUND_COLUMNS,
-    COLUMNS,
-    TEXT_COLUMNS,
-    Comparison,
-    bound_rows,
-    only_in_one,
-    sources,
-    summary_line,
-    table_rows,
-    title,
-)
+from roofline.analysis import compare
 from roofline.analysis.sweep import split_runs
 from roofline.errors import RooflineError
 from roofline.fmt import describe_run
@@ -109,17 +98,17 @@ def report_html(results_list: list[Results], images: dict[str, str]) -> str:
         comm=any(run["split"] for run in runs), several=len(results_list) > 1)
 
 
-def compare_html(comparisons: list[Comparison], image: str | None) -> str:
+def compare_html(comparisons: list[compare.Comparison], image: str | None) -> str:
     """`roofline compare --html`: the overlay (a data URI) and, per comparison, its summary and verdicts."""
-    pages = [{"title": title(c), "summary": summary_line(c), "sources": sources(c),
-              "bounds": [[label, *cols] for label, cols in bound_rows(c)], "rows": table_rows(c),
-              "lonely": only_in_one(c)} for c in comparisons]
+    pages = [{"title": compare.title(c), "summary": compare.summary_line(c), "sources": compare.sources(c),
+              "bounds": [[label, *cols] for label, cols in compare.bound_rows(c)], "rows": compare.table_rows(c),
+              "lonely": compare.only_in_one(c)} for c in comparisons]
     return _environment().get_template("compare.html.j2").render(
-        title=title(comparisons[0]), image=image, comparisons=pages, columns=COLUMNS, text_columns=TEXT_COLUMNS,
-        bound_columns=("bound", *BOUND_COLUMNS))
+        title=compare.title(comparisons[0]), image=image, comparisons=pages, columns=compare.COLUMNS,
+        text_columns=compare.TEXT_COLUMNS, bound_columns=("bound", *compare.BOUND_COLUMNS))
 
 
-def write_compare(comparisons: list[Comparison], png: Path | None, html_path: Path | None) -> None:
+def write_compare(comparisons: list[compare.Comparison], png: Path | None, html_path: Path | None) -> None:
     """Render the overlay once; write it as PNG and/or embed it (as PNG) in the HTML page."""
     from roofline.render.figures.compare import overlay_figure
 
