@@ -9,6 +9,7 @@ R=${OUT:-/tmp/out}/$TAG
 mkdir -p "$R"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$R/pip.log" 2>&1 || { echo "pip install -e failed"; tail -5 "$R/pip.log"; }
 roofline() { python3 -m roofline "$@"; }
+export ROOFLINE_CACHE_DIR=${ROOFLINE_CACHE_DIR:-$R/cache}
 log() { echo "=== $* ($(date +%T))"; }
 timed() {
   local name=$1; shift; log "$name: $*"; local t0; t0=$(date +%s.%N)
@@ -25,6 +26,13 @@ for step in "$@"; do
     profile2048) timed profile2048 roofline profile --seq-len 2048 --out "$R/gpt-7b-s2048" ;;
     aa) timed aa roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-aa" ;;
     debug) timed debug env ROOFLINE_DEBUG=1 TORCH_LOGS=recompiles python3 -m roofline profile --seq-len 8192 --ops residual_dropout_norm --out "$R/debug" --no-plots ;;
+    cold8192) timed cold8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-cold" ;;
+    warm8192) timed warm8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-warm" ;;
+    compare-ref) for run in gpt-7b-s8192-cold gpt-7b-s8192-warm gpt-7b-train-s4096 counters; do
+                   ref=reports/reference/h100/$run; [ -d "$ref" ] || ref=reports/reference/h100/gpt-7b-s8192
+                   timed "compare-$run" roofline compare "$ref/results.json" "$R/$run/results.json" --markdown - ; done ;;
+    probe) timed probe-sdpa python3 scripts/probe_trace.py --seq-len 8192 --attn sdpa
+           timed probe-eager python3 scripts/probe_trace.py --seq-len 8192 --attn eager ;;
     counters) timed counters roofline profile --seq-len 8192 --counters --out "$R/counters" ;;
     tune) timed tune python3 scripts/tune_flash.py ;;
     tune-norm) timed tune-norm python3 scripts/tune_norm.py ;;
