@@ -89,12 +89,35 @@ def moe_line(run: Run) -> str | None:
             f"FFN of {c.n_experts}×{c.ffn_dim})")
 
 
-def ok_row_note(r: Row) -> str:
-    """What a measured row's note column says: its note, throttling, and whether launching it costs the host more
-    than the GPU takes to run it (host-bound: an eager loop pays the launch time, not the GPU time)."""
-    parts = [r.note] if r.note else []
-    if r.throttle:
-        parts.append(f"throttled: {r.throttle}")
+CLOCK_NOTE_BELOW = 0.97  # a compute-bound row whose sustained SM clock fell below this share of the max says so
+UNSTABLE_REL_ERR = 0.02  # a median still this uncertain when the budget ran out is flagged
+
+
+def clock_ratio(r: Row, max_sm_clock_mhz: int | None) -> float | None:
+    """The SM clock the row's samples sustained, as a share of the GPU's max (None when unknown)."""
+    return r.sm_clock_mhz / max_sm_clock_mhz if r.sm_clock_mhz and max_sm_clock_mhz else None
+
+
+def unstable(r: Row) -> str:
+    """'±8.1 % after 3 samples' for a row whose timing budget ran out before its median settled ('' if it did)."""
+    if r.stop_reason == "budget" and r.rel_err is not None and r.rel_err > UNSTABLE_REL_ERR:
+        return f"±{100 * r.rel_err:.1f} % after {r.samples} samples"
+    return ""
+
+
+def ok_row_note(r: Row, max_sm_clock_mhz: int | None = None) -> str:
+    """What a measured row's note column says: why it is suspect, its note, the SM clock it ran at where that
+    matters (a compute-bound row below 97 % of the max clock: a power or thermal cap), a median that never settled,
+    and whether launching it costs the host more than the GPU takes to run it (host-bound: an eager loop pays the
+    launch time, not the GPU time)."""
+    parts = [f"SUSPECT: {r.suspect}"] if r.suspect else []
+    parts += [r.note] if r.note else []
+    ratio = clock_ratio(r, max_sm_clock_mhz)
+    if ratio is not None and ratio < CLOCK_NOTE_BELOW and r.bound == "compute":
+        parts.append(f"clock {r.sm_clock_mhz} MHz = {100 * ratio:.0f} % of max" + (f" ({r.throttle})" if r.throttle
+                                                                                    else ""))
+    if unstable(r):
+        parts.append(f"UNSTABLE: {unstable(r)}")
     if r.host_time_s and r.time_median_s and r.host_time_s > r.time_median_s:
         parts.append(f"host-bound: launch {seconds(r.host_time_s)}")
     return "; ".join(parts)

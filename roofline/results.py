@@ -122,6 +122,7 @@ class Settings:
     budget_s: float = 0.5
     min_samples: int = 5
     seed: int = 0
+    rounds: int = 1  # each op timed in this many rounds, interleaved across ops (`--rounds`: the CI mode)
 
 
 @dataclass
@@ -289,10 +290,14 @@ class Row:
     tolerance: float | None = None
     first_call_s: float | None = None  # compile / autotune / plan time, excluded from the timing
     measure_s: float | None = None  # wall time spent on this variant: inputs, check, timing
-    sm_clock_mhz: int | None = None
+    sm_clock_mhz: int | None = None  # the SM clock sustained while the samples ran (median of NVML readings)
     mem_clock_mhz: int | None = None
-    throttle: str = ""
+    throttle: str = ""  # NVML's throttle reasons seen while the samples ran
+    sm_clock_min_mhz: int | None = None  # the lowest SM clock seen while the samples ran
     time_samples_s: list[float] = field(default_factory=list)
+    rounds: int = 1  # `--rounds N`: timed N times, interleaved with the other ops (each round a fresh set of samples)
+    round_medians_s: list[float] = field(default_factory=list)  # one median per round: the run-to-run spread
+    suspect: str = ""  # above its roof by more than the roof's error: why it cannot be a result (placement.py)
     host_time_s: float | None = None  # host time to launch one call; above time_median_s the op is host-bound
     # Hardware counters (`profile --counters`, measure/counters.py): what the op's kernels moved and executed.
     measured_dram_bytes: float | None = None  # DRAM read + write
@@ -315,9 +320,9 @@ class Row:
     rank: int | None = None  # `profile --tp N`: the rank that measured the row; None for one device or the max
 
     @property
-    def key(self) -> tuple[str, str, int, int, str, str]:
-        """Identity used to align rows across runs (compare)."""
-        return (self.op, self.variant, self.batch, self.seq_len, self.dtype, self.mode)
+    def key(self) -> tuple[str, str, int, int, int, str, str]:
+        """Identity used to align rows across runs (compare); the run's config holds the rest of the work."""
+        return (self.op, self.variant, self.batch, self.seq_len, self.kv_len, self.dtype, self.mode)
 
 
 ROW_FIELDS = [f.name for f in dataclasses.fields(Row)]

@@ -26,6 +26,7 @@ for step in "$@"; do
     profile2048) timed profile2048 roofline profile --seq-len 2048 --out "$R/gpt-7b-s2048" ;;
     aa) timed aa roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-aa" ;;
     debug) timed debug env ROOFLINE_DEBUG=1 TORCH_LOGS=recompiles python3 -m roofline profile --seq-len 8192 --ops residual_dropout_norm --out "$R/debug" --no-plots ;;
+    ci8192) timed ci8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --rounds 5 --budget 0.1 --out "$R/gpt-7b-s8192-ci" ;;
     cold8192) timed cold8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-cold" ;;
     warm8192) timed warm8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-warm" ;;
     compare-ref) for run in gpt-7b-s8192-cold gpt-7b-s8192-warm gpt-7b-train-s4096 counters; do

@@ -1,8 +1,9 @@
-"""`roofline compare`: alignment, verdicts from raw samples, outputs, exit codes, and the CI workflow file.
+"""`roofline compare`: alignment, verdicts from rounds (and from one round's samples), clocks, the gate, outputs,
+exit codes, and the CI workflow file.
 
-Real results only: the committed reference runs (reports/reference/**/results.json) when present, and two CPU
-runs made once per session. Modified copies (times scaled, a row removed, metadata changed) are derived from
-those in tmp_path, never invented.
+Real results only: the committed reference runs (reports/reference/**/results.json) — among them same-code pairs
+measured on the H100 — and two CPU runs of three rounds made once per session. Modified copies (times scaled, a
+row removed, metadata changed) are derived from those in tmp_path, never invented.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from roofline import cli
-from roofline.analysis.compare import align, bootstrap_ratio_ci, compare_files, judge, mann_whitney
+from roofline.analysis.compare import align, compare_files
+from roofline.analysis.verdict import bootstrap_ratio_ci, judge, mann_whitney
 from roofline.render.markdown import compare_markdown
 from roofline.results import load
 
@@ -28,12 +30,12 @@ def reference_results() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def cpu_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Two real profiles of the same ops on this CPU (a few seconds each)."""
+    """Two real profiles of the same ops on this CPU, three rounds each (a few seconds each)."""
     paths = []
     for name in ("run-a", "run-b"):
         out = tmp_path_factory.mktemp(name)
         argv = ["profile", "--device", "cpu", "--seq-len", "64", "--ops", OPS, "--out", str(out),
-                "--no-plots", "--budget", "0.25"]
+                "--no-plots", "--budget", "0.08", "--rounds", "3"]
         assert cli.main(argv) == 0
         paths.append(out / "results.json")
     return paths
@@ -47,18 +49,27 @@ def real_files(request: pytest.FixtureRequest) -> list[Path]:
 
 
 def derived(src: Path, dst: Path, time_factor: float = 1.0, sample_factors: tuple[float, ...] = (),
-            run_changes: dict[str, object] | None = None, drop_op: str | None = None) -> Path:
-    """A copy of a real results.json with every time scaled (and the rates with them), or metadata changed."""
+            run_changes: dict[str, object] | None = None, drop_op: str | None = None,
+            clock_factor: float = 1.0, roof_factor: float = 1.0) -> Path:
+    """A copy of a real results.json with every time scaled (the rates and rounds with them), the sustained SM
+    clock scaled, every roof scaled, or metadata changed."""
     data = json.loads(src.read_text())
     for row in data["rows"]:
         factors = sample_factors or (time_factor,)
         row["time_samples_s"] = [t * factors[i % len(factors)] for i, t in enumerate(row["time_samples_s"])]
+        row["round_medians_s"] = [t * factors[i % len(factors)] for i, t in enumerate(row.get("round_medians_s", []))]
+        if row.get("sm_clock_mhz"):
+            row["sm_clock_mhz"] = int(row["sm_clock_mhz"] * clock_factor)
+        for key in ("peak_flops_per_s", "peak_bytes_per_s", "attainable_flops_per_s"):
+            if row.get(key) is not None:
+                row[key] *= roof_factor
+
         for key in ("time_median_s", "time_p20_s", "time_p80_s"):
             if row[key] is not None:
                 row[key] *= time_factor
         for key in ("flops_per_s", "bytes_per_s", "pct_of_roof"):
             if row[key] is not None:
-                row[key] /= time_factor
+                row[key] /= time_factor * (roof_factor if key == "pct_of_roof" else 1.0)
     data["rows"] = [r for r in data["rows"] if r["op"] != drop_op]
     for dotted, value in (run_changes or {}).items():
         *parents, leaf = dotted.split(".")
@@ -113,7 +124,7 @@ def test_bootstrap_ratio_ci_small_cases() -> None:
     assert bootstrap_ratio_ci([1.0, 2.0, 3.0], [1.2, 2.4, 3.6]) == (low, high)  # fixed seed
 
 
-def test_judge_rules() -> None:
+def test_judge_rules_on_one_round_of_samples() -> None:
     base = [1.00, 1.01, 0.99, 1.02, 0.98, 1.00, 1.01]
     assert judge(base, [x * 1.2 for x in base], 0.05).verdict == "SLOWER"
     assert judge([x * 1.2 for x in base], base, 0.05).verdict == "FASTER"  # swapping swaps the verdict
@@ -123,66 +134,108 @@ def test_judge_rules() -> None:
     assert judge(base[:2], [x * 2 for x in base[:2]], 0.05).verdict == "AMBIGUOUS"  # < 3 samples
     noisy = judge(base, [0.8, 1.3, 0.9, 1.25, 1.1, 0.85, 1.2], 0.05)
     assert noisy.verdict == "AMBIGUOUS" and "not significant" in noisy.reason
+    one_round = judge(base, [x * 1.2 for x in base], 0.05)
+    assert not one_round.gates and "one round" in one_round.reason  # no gate acts on one run's samples
+
+
+def test_judge_rules_on_rounds() -> None:
+    """Rounds: a change must exceed the threshold AND the spread the rounds show (the op's noise floor)."""
+    base = [1.00, 1.02, 0.99, 1.01, 1.00]  # 3 % spread
+    slow = judge(base, [x * 1.10 for x in base], 0.05, rounds=True)
+    assert slow.verdict == "SLOWER" and slow.gates and slow.noise == pytest.approx(0.0303, abs=1e-3)
+    assert judge(base, [x * 1.04 for x in base], 0.05, rounds=True).verdict != "SLOWER"  # below the threshold
+    wide = [1.00, 1.12, 0.99, 1.05, 1.00]  # 13 % spread: a 10 % shift cannot be told from it
+    assert judge(wide, [x * 1.10 for x in wide], 0.05, rounds=True).verdict == "AMBIGUOUS"
+    assert judge(base, [x * 1.10 for x in base], 0.05, rounds=True).p_value < 0.01
+    assert judge(base[:2], base[:2], 0.05, rounds=True).verdict == "AMBIGUOUS"  # fewer than 3 rounds
+
+
+def test_a_clock_drop_is_its_own_verdict() -> None:
+    """10 % slower at a 10 % lower clock: the GPU ran slower, not the code; 10 % slower at the same clock is SLOWER."""
+    base = [1.00, 1.01, 0.99, 1.00, 1.01]
+    at_low_clock = judge(base, [x * 1.10 for x in base], 0.05, clock=1980 / 1800, rounds=True)
+    assert at_low_clock.verdict == "SLOWER (clock)" and not at_low_clock.gates
+    assert judge(base, [x * 1.10 for x in base], 0.05, clock=1.0, rounds=True).verdict == "SLOWER"
+    assert judge(base, [x * 1.30 for x in base], 0.05, clock=1980 / 1800, rounds=True).verdict == "SLOWER"
+    faster = judge([x * 1.10 for x in base], base, 0.05, clock=1800 / 1980, rounds=True)
+    assert faster.verdict == "FASTER (clock)"
 
 
 # ---- verdicts on real files ----
 
-def span(samples: list[float]) -> float:
-    """max / min of one row's samples: below 1 + t, every bootstrap median ratio of an A/A lies inside ±t;
-    below 1.2, a 20 % shift separates the two runs completely (the strongest rank-test result)."""
-    return max(samples) / min(samples)
+def test_cpu_runs_have_rounds(cpu_runs: list[Path]) -> None:
+    for row in load(cpu_runs[0]).ok_rows():
+        assert row.rounds == 3 and len(row.round_medians_s) == 3
+        assert row.time_median_s == sorted(row.round_medians_s)[1]  # the median of the round medians
+        assert row.samples == len(row.time_samples_s) >= 9
 
 
-def test_a_a_is_same(real_files: list[Path]) -> None:
-    for path in real_files:
-        (c,) = compare_files([str(path), str(path)], 0.05)
-        for r in (r for r in c.rows if r.ok):
-            expected = {"SAME"} if span(r.base.time_samples_s) < 1.05 else {"SAME", "AMBIGUOUS"}
-            assert r.verdict.verdict in expected and r.verdict.ratio == 1.0, (path, r.base.op, r.verdict)
+def test_a_real_slowdown_beyond_the_noise_is_slower_and_gates(cpu_runs: list[Path], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Every row 3× slower in every round: beyond any spread of this CPU's rounds, so SLOWER, and the gate trips."""
+    base = cpu_runs[0]
+    slow = derived(base, tmp_path / "slow.json", time_factor=3.0)
+    (c,) = compare_files([str(base), str(slow)], 0.05)
+    judged = [r for r in c.rows if r.ok and r.verdict.noise is not None and r.verdict.noise < 1.0]
+    assert judged and all(r.verdict.verdict == "SLOWER" and r.verdict.gates for r in judged)
+    code, out, err = run_cli(capsys, base, slow, "--fail-on", "slower")
+    assert code == 1 and "SLOWER" in out and "SLOWER" in err
+    assert run_cli(capsys, base, slow)[0] == 0  # --fail-on none is the default
+    fast = derived(base, tmp_path / "fast.json", time_factor=1 / 3.0)
+    assert {r.verdict.verdict for r in compare_files([str(base), str(fast)], 0.05)[0].rows if r.ok} <= {
+        "FASTER", "AMBIGUOUS"}
 
 
-def check_shifted(base: Path, shifted: Path, expected: str) -> None:
-    """Every row the shift separates completely gets `expected`; a noisier one may only be AMBIGUOUS."""
-    (c,) = compare_files([str(base), str(shifted)], 0.05)
-    rows = [r for r in c.rows if r.ok]
-    separated = [r for r in rows if span(r.base.time_samples_s) < 1.2]
-    assert separated, f"{base}: no row with samples tight enough to test"
-    assert {r.verdict.verdict for r in separated} == {expected}, [(r.base.op, r.verdict) for r in separated]
-    assert {r.verdict.verdict for r in rows} <= {expected, "AMBIGUOUS"}
-
-
-def test_slowed_copy_is_slower_and_gates(real_files: list[Path], tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    for i, base in enumerate(real_files):
-        slow = derived(base, tmp_path / f"slow{i}.json", time_factor=1.2)
-        check_shifted(base, slow, "SLOWER")
-        code, out, err = run_cli(capsys, base, slow, "--fail-on", "slower")
-        assert code == 1 and "SLOWER" in out and "SLOWER" in err
-        assert run_cli(capsys, base, slow)[0] == 0  # --fail-on none is the default
-
-
-def test_sped_up_copy_is_faster(real_files: list[Path], tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
-    for i, base in enumerate(real_files):
-        fast = derived(base, tmp_path / f"fast{i}.json", time_factor=1 / 1.2)
-        check_shifted(base, fast, "FASTER")
-        assert run_cli(capsys, base, fast, "--fail-on", "slower")[0] == 0
-
-
-def test_noisy_overlapping_samples_are_never_slower(real_files: list[Path], tmp_path: Path) -> None:
-    for i, base in enumerate(real_files):
-        noisy = derived(base, tmp_path / f"noisy{i}.json", sample_factors=(1.08, 1 / 1.08))
-        assert set(verdicts(base, noisy).values()) <= {"SAME", "AMBIGUOUS"}
-
-
-def test_two_real_runs_align(cpu_runs: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_real_cpu_runs_of_the_same_code_do_not_gate(cpu_runs: list[Path],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     (c,) = compare_files([str(p) for p in cpu_runs], 0.05)
     assert [r.base.key for r in c.rows] == [r.key for r in load(cpu_runs[0]).rows]
-    assert not c.only_in_base and not c.only_in_new
-    assert all(r.base.key == r.new.key for r in c.rows)
-    assert {r.verdict.verdict for r in c.rows} <= {"SLOWER", "FASTER", "SAME", "AMBIGUOUS", "UNMEASURED"}
-    code, out, _ = run_cli(capsys, *cpu_runs)
+    assert not c.only_in_base and not c.only_in_new and not c.slower
+    assert all(r.verdict.rounds for r in c.rows if r.ok)
+    code, out, _ = run_cli(capsys, *cpu_runs, "--fail-on", "slower")
     assert code == 0 and "geomean speedup" in out
+
+
+AA_HISTORY = sorted((REPO / "reports/reference/h100/aa-history").glob("*"))
+
+
+@pytest.mark.parametrize("pair", AA_HISTORY, ids=lambda p: p.name)
+def test_one_round_same_code_pairs_never_gate(pair: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The H100's committed same-code pairs of one round each: their pooled samples call rows SLOWER that only the
+    GPU's clock moved (why a gate needs rounds); `--fail-on slower` must not trip on them, and says why."""
+    base, new = pair / "gpt-7b-s8192" / "results.json", pair / "gpt-7b-s8192-aa" / "results.json"
+    code, _, err = run_cli(capsys, base, new, "--fail-on", "slower")
+    assert code == 0 and "one round each" in err
+
+
+def test_a_slowdown_the_clock_explains_is_not_a_regression(tmp_path: Path) -> None:
+    """A real H100 run, copied 15 % slower at a 15 % lower sustained SM clock: compute-bound rows are SLOWER
+    (clock), memory-bound ones (whose time does not follow the SM clock) SLOWER."""
+    base = REPO / "reports/reference/h100/gpt-7b-s8192/results.json"
+    slow = derived(base, tmp_path / "clock.json", time_factor=1.15, clock_factor=1 / 1.15)
+    (c,) = compare_files([str(base), str(slow)], 0.05)
+    by_bound = {b: {r.verdict.verdict for r in c.rows if r.ok and r.bound == b and r.verdict.p_value < 0.05}
+                for b in ("compute", "memory")}
+    assert by_bound["compute"] == {"SLOWER (clock)"} and "SLOWER" in by_bound["memory"]
+    assert not [r for r in c.slower if r.bound == "compute"]
+
+
+def test_gating_on_percent_of_roof_forgives_a_lower_roof(cpu_runs: list[Path], tmp_path: Path) -> None:
+    """Twice the time on a device whose roofs are half as high: slower in time, the same % of its own roof."""
+    base = cpu_runs[0]
+    other = derived(base, tmp_path / "half.json", time_factor=2.0, roof_factor=0.5)
+    (by_time,) = compare_files([str(base), str(other)], 0.05)
+    (by_roof,) = compare_files([str(base), str(other)], 0.05, "roof")
+    assert any(r.verdict.verdict == "SLOWER" for r in by_time.rows)
+    assert not by_roof.slower and {r.verdict.verdict for r in by_roof.rows if r.ok} <= {"SAME", "AMBIGUOUS"}
+
+
+def test_different_work_is_refused(cpu_runs: list[Path], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    for change, words in (({"run.config.tp": 4}, "tp 1 vs 4"), ({"run.config.causal": False}, "causal")):
+        other = derived(cpu_runs[0], tmp_path / "w.json", run_changes=change)
+        code, _, err = run_cli(capsys, cpu_runs[0], other)
+        assert code == 2 and "different work" in err and words in err
 
 
 def test_rows_in_only_one_file_are_listed(cpu_runs: list[Path], tmp_path: Path,
@@ -202,16 +255,16 @@ def test_rows_in_only_one_file_are_listed(cpu_runs: list[Path], tmp_path: Path,
 
 def test_more_than_two_files_compare_each_to_the_first(cpu_runs: list[Path], tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    slow = derived(cpu_runs[0], tmp_path / "slow.json", time_factor=1.2)
-    cs = compare_files([str(cpu_runs[0]), str(cpu_runs[0]), str(slow)], 0.05)
-    assert [c.new_path for c in cs] == [str(cpu_runs[0]), str(slow)]
+    slow = derived(cpu_runs[0], tmp_path / "slow.json", time_factor=3.0)
+    cs = compare_files([str(cpu_runs[0]), str(cpu_runs[1]), str(slow)], 0.05)
+    assert [c.new_path for c in cs] == [str(cpu_runs[1]), str(slow)]
     assert not cs[0].slower and cs[1].slower
-    assert run_cli(capsys, cpu_runs[0], cpu_runs[0], slow, "--fail-on", "slower")[0] == 1
+    assert run_cli(capsys, cpu_runs[0], cpu_runs[1], slow, "--fail-on", "slower")[0] == 1
 
 
 def test_cross_device_gates_with_a_note(cpu_runs: list[Path], tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    other = derived(cpu_runs[0], tmp_path / "other.json", time_factor=1.2,
+    other = derived(cpu_runs[0], tmp_path / "other.json", time_factor=3.0,
                     run_changes={"run.device.name": "Another CPU"})
     code, _, err = run_cli(capsys, cpu_runs[0], other)
     assert code == 0 and "different devices" in err
@@ -221,17 +274,11 @@ def test_cross_device_gates_with_a_note(cpu_runs: list[Path], tmp_path: Path,
 
 def test_reference_runs_across_devices_are_informational(capsys: pytest.CaptureFixture[str]) -> None:
     """H100 vs H200 of the same run (same folder name under each device): exit 0 by default, with a note."""
-    by_run: dict[str, list[Path]] = {}
-    for path in reference_results():
-        by_run.setdefault(path.parent.name, []).append(path)
-    pairs = [paths[:2] for paths in by_run.values() if len(paths) >= 2]
-    if not pairs:
-        pytest.skip("needs reference results of one run on two devices (reports/reference/<gpu>/<run>/)")
+    pairs = [(REPO / "reports/reference/h100" / run / "results.json", REPO / "reports/reference/h200" / run /
+              "results.json") for run in ("gpt-7b-s2048", "gpt-7b-s8192")]
     for base, new in pairs:
         code, out, err = run_cli(capsys, base, new)
-        assert code == 0 and "geomean speedup" in out
-        if load(base).run.device.name != load(new).run.device.name:
-            assert "different devices" in err
+        assert code == 0 and "geomean speedup" in out and "different devices" in err
 
 
 # ---- outputs ----
@@ -242,7 +289,8 @@ def test_markdown_json_png_html(cpu_runs: list[Path], tmp_path: Path,
     code, out, _ = run_cli(capsys, *cpu_runs, "--markdown", md, "--json", js, "--png", png, "--html", html)
     assert code == 0
     text = md.read_text()
-    header = "| op | variant | base time | new time | new/base | verdict | % roof base | % roof new | why |"
+    header = ("| op | variant | base time | new time | speedup | verdict | noise | % roof base | % roof new "
+              "| why |")
     assert header in text
     ok_ops = {r.op for r in load(cpu_runs[0]).ok_rows()}
     for op in ok_ops:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from roofline import fmt
 from roofline.results import Row
 
 COMM_ROOF = "comm.busbw"  # a collective's roof: the interconnect's bus bandwidth (NCCL-tests convention)
+ROOF_ERROR = 0.05  # how well a roof is known: a row above its roof by more than this is suspect, not a result
+NO_WORK_PCT = 300.0  # this far above its roof, the timed call cannot have done the op's work
 
 
 def ceiling_key(unit: str, dtype: str) -> str:
@@ -99,8 +102,29 @@ class Roofs:
         return self.datasheet_bandwidth, "datasheet"
 
 
+def suspect_cause(row: Row) -> tuple[str, str]:
+    """Why a row above its roof cannot be a result: ("", "") for a row within its roof (or its roof's error).
+
+    Three causes, in the order the evidence points: the timed call did almost no work (far above the roof: a
+    variant that returns its input, work the timer does not see); the formula counts more FLOPs or bytes than
+    the op does (well above); the roof is not a ceiling for this op (just above: a calibration that missed the op's
+    best shape). A number above its roof is a bug until one of them is fixed.
+    """
+    pct = row.pct_of_roof
+    if row.status != "ok" or pct is None or pct <= 100 * (1 + ROOF_ERROR):
+        return "", ""
+    if pct > NO_WORK_PCT:
+        return "no work", (f"{pct:.0f} % of its roof in {fmt.seconds(row.time_median_s)}: the timed call did almost "
+                           "no work (a variant that returns its input, or work the timer does not see)")
+    if pct > 100 * (1 + 5 * ROOF_ERROR):
+        what = "FLOPs" if row.bound == "compute" else "bytes"
+        return "formula", f"{pct:.0f} % of its roof: the formula counts more {what} than the op does"
+    return "roof", (f"{pct:.0f} % of its roof: the {row.ceiling_source} roof is not a ceiling for this op (a "
+                    "calibration that missed its shape: `roofline calibrate --force`)")
+
+
 def place_row(row: Row, roofs: Roofs) -> None:
-    """Fill the roofline columns of a timed row."""
+    """Fill the roofline columns of a timed row, and say why it is suspect if it sits above its roof."""
     row.ceiling = ceiling_key(row.unit, row.dtype)
     peak, source = roofs.peak(row.ceiling)
     bandwidth, bw_source = roofs.bandwidth(row.ceiling)
@@ -110,3 +134,4 @@ def place_row(row: Row, roofs: Roofs) -> None:
     row.flops_per_s, row.bytes_per_s = point.achieved_flops, point.achieved_bytes
     row.attainable_flops_per_s, row.bound = point.attainable_flops, point.bound
     row.pct_of_roof, row.floor_s = point.pct_of_roof, point.floor_s
+    row.suspect = suspect_cause(row)[1]

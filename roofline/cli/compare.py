@@ -20,6 +20,11 @@ class FailOn(str, Enum):
     slower = "slower"
 
 
+class Metric(str, Enum):
+    time = "time"
+    roof = "roof"
+
+
 def _write(target: str, text: str) -> None:
     from roofline.results import atomic_write
 
@@ -34,8 +39,11 @@ def compare(
         help="BASE NEW [MORE…]: results.json files (or run folders); each later file is compared to BASE.",
         metavar="RESULTS", show_default=False)],
     threshold: Annotated[str, typer.Option(help="Smallest change that matters: 5% or 0.05.")] = "5%",
-    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 when any row is SLOWER (slower), or "
-                                            "never (none: informational, e.g. across GPUs).")] = FailOn.none,
+    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 when any row is SLOWER, judged on rounds "
+                                            "(`profile --rounds N`) (slower), or never (none: informational, e.g. "
+                                            "across GPUs).")] = FailOn.none,
+    metric: Annotated[Metric, typer.Option(help="Compare time, or % of each run's own measured roof (roof: "
+                                           "comparable across GPUs and driver versions).")] = Metric.time,
     markdown: Annotated[str | None, typer.Option(help="Write GitHub markdown here ('-' = stdout).")] = None,
     json_out: Annotated[str | None, typer.Option("--json", help="Write JSON here ('-' = stdout).")] = None,
     png: Annotated[Path | None, typer.Option(help="Write the overlay roofline (PNG) here.")] = None,
@@ -46,7 +54,7 @@ def compare(
     from roofline.render.compare import print_comparison
     from roofline.render.markdown import compare_markdown
 
-    comparisons = compare_files([str(f) for f in files], parse_threshold(threshold))
+    comparisons = compare_files([str(f) for f in files], parse_threshold(threshold), metric.value)
     for c in comparisons:
         if device_name(c.base) != device_name(c.new):
             gate = " (gating anyway: --fail-on slower)" if fail_on == FailOn.slower else ""
@@ -68,6 +76,9 @@ def compare(
         for c in comparisons:
             print_comparison(c, stdout)
     slower = sum(len(c.slower) for c in comparisons)
+    if fail_on == FailOn.slower and not any(r.verdict.rounds for c in comparisons for r in c.rows):
+        warn("no verdict can gate: these runs have one round each, so their run-to-run spread is unknown "
+             "(profile with --rounds 5 for CI)")
     if fail_on == FailOn.slower and slower:
         typer.echo(f"roofline: {slower} rows SLOWER than {comparisons[0].base_path} (--fail-on slower)", err=True)
         raise typer.Exit(EXIT_REGRESSION)

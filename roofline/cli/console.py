@@ -66,8 +66,9 @@ def progress(total: int, description: str = "profiling") -> Iterator[Listener]:
             bar.advance(task)
             if r.status == "failed":
                 bar.console.print(f"[red]failed[/] {r.op} · {r.variant}: {r.note}", highlight=False)
-            if r.throttle:
-                bar.console.print(f"[yellow]throttled[/] during {r.op} · {r.variant}: {r.throttle}")
+
+        def another_round(r, round_number: int) -> None:  # type: ignore[no-untyped-def]
+            bar.advance(task)
 
         def say(message: str) -> None:
             bar.console.print(message, highlight=False, style="dim")
@@ -75,7 +76,7 @@ def progress(total: int, description: str = "profiling") -> Iterator[Listener]:
         def warning(message: str) -> None:
             bar.console.print(f"[yellow]warning:[/] {message}", highlight=False)
 
-        yield Listener(info=say, warn=warning, start=start, row=row)
+        yield Listener(info=say, warn=warning, start=start, row=row, another_round=another_round)
         bar.update(task, description="done")
 
 

@@ -52,6 +52,8 @@ def profile(
     json_out: JsonOut = None,
     csv_out: CsvOut = None,
     budget: Budget = None,
+    rounds: Annotated[int, typer.Option(help="Time each op in this many rounds, interleaved across ops: the CI "
+                                        "mode, whose run-to-run spread `compare` reads (5 for a gate).")] = 1,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Measure this device's roofs first.")] = False,
     plots: Plots = True,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
@@ -75,14 +77,14 @@ def profile(
                          mode=mode, kv_cache_len=kv_len, causal=causal, dp=dp)
     if tp != 1 or dp != 1:
         return _profile_ranks(config.shard(tp), dev, csv_list(ops), csv_list(variants), out, json_out, csv_out,
-                              budget, calibrate, plots, seed, counters or bool(ncu), device)
+                              budget, calibrate, plots, seed, counters or bool(ncu), device, rounds)
     items = plan(config, csv_list(ops), csv_list(variants))
     if not items:
         raise RooflineError("nothing to measure: --ops/--variants selected no (op, variant) of this model")
-    settings = session.settings_for(dev, budget, seed)
+    settings = session.settings_for(dev, budget, seed, rounds)
     out_dir = writable_dir(out or default_out_dir(dev.slug, config))
     roofs = session.load_roofs(dev, calibrate, quiet_listener(), config)
-    with progress(len(items)) as listener:
+    with progress(len(items) * rounds) as listener:
         run = session.start(dev, config, out_dir, command_line, settings, listener=listener, roofs=roofs,
                             started=t_start)
         run.measure(items, config)
@@ -141,7 +143,7 @@ def render_files(results_list: list[Results], out_dir: Path) -> None:
 
 def _profile_ranks(shard: BlockConfig, dev: DeviceInfo, ops: list[str] | None, variants: list[str] | None,
                    out: Path | None, json_out: str | None, csv_out: str | None, budget: float | None, calibrate: bool,
-                   plots: bool, seed: int, counters: bool, device: str | None) -> None:
+                   plots: bool, seed: int, counters: bool, device: str | None, rounds: int = 1) -> None:
     """`profile --tp N` / `--dp N`: one rank per GPU (or CPU process); the table shows each op's slowest rank."""
     from roofline.analysis.scaling import split_line
     from roofline.measure import session
@@ -156,8 +158,8 @@ def _profile_ranks(shard: BlockConfig, dev: DeviceInfo, ops: list[str] | None, v
         raise RooflineError("nothing to measure: --ops/--variants selected no (op, variant) of this model")
     flag = f"tp{shard.tp}" if shard.tp > 1 else f"dp{shard.dp}"
     out_dir = writable_dir(out or Path(f"{default_out_dir(dev.slug, shard)}-{flag}"))
-    res = profile_ranks(shard, dev, ops, variants, out_dir, list(command_line), session.settings_for(dev, budget, seed),
-                        calibrate, quiet_listener())
+    res = profile_ranks(shard, dev, ops, variants, out_dir, list(command_line),
+                        session.settings_for(dev, budget, seed, rounds), calibrate, quiet_listener())
     slowest = Results(run=res.run, rows=[r for r in res.rows if r.rank is None])
     show(slowest, out_dir, json_out, csv_out, plots)  # --json/--csv: the max rows; results.json: all
     if "-" not in (json_out, csv_out):

@@ -24,10 +24,14 @@ from pathlib import Path
 import torch
 
 from roofline.measure.timer import Timer, sample_until_stable
-from roofline.results import CEILINGS_VERSION, Ceilings, DeviceInfo
+from roofline.results import CEILINGS_VERSION, Ceilings, DeviceInfo, atomic_write
 
+# The MAMF-finder's cubes and the default block's own projections (gpt-7b at seq 8192: QKV, out, FFN up and down,
+# M×N×K), so that the roof bounds the block's GEMMs; each measured in short bursts after an idle pause (the
+# sustained-burst peak, not the power-capped steady state of a long loop).
 GPU_GEMM_SHAPES = ((8192, 8192, 8192), (4096, 4096, 4096), (6144, 6144, 6144), (8192, 8192, 4096),
-                   (16384, 8192, 8192), (4096, 16384, 4096))
+                   (16384, 8192, 8192), (4096, 16384, 4096), (8192, 12288, 4096), (8192, 4096, 4096),
+                   (8192, 16384, 4096), (8192, 4096, 16384))
 CPU_GEMM_SHAPES = ((512, 512, 512), (768, 768, 768), (1024, 1024, 1024), (1536, 4096, 1536))
 CPU_CALL_BUDGET_S = 0.15  # a CPU GEMM of the calibration takes about this long at most (its rows M are cut to fit)
 CPU_MIN_ROWS = 256  # a block shape cut below this many rows says nothing about the block's GEMM: left out
@@ -72,11 +76,13 @@ def load_cached(info: DeviceInfo, warn: Callable[[str], None] = lambda m: None) 
         return None
 
 
+def forget(info: DeviceInfo) -> None:
+    """Drop this device's cached ceilings (a run beat them: they are no ceiling)."""
+    cache_path(info).unlink(missing_ok=True)
+
+
 def save(ceilings: Ceilings, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(ceilings.to_dict(), indent=2))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(ceilings.to_dict(), indent=2))
 
 
 def get_ceilings(info: DeviceInfo, force: bool = False, quick: bool = False,

@@ -7,10 +7,12 @@ The CPU has no datasheet: its roofs are always measured (ceilings.py).
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -192,21 +194,69 @@ THROTTLE_REASONS = {  # NVML clocks-event reason bits that mean the GPU ran belo
 }
 
 
-def read_clocks(info: DeviceInfo) -> Clocks:
-    """Current SM/memory clocks, throttle reasons and other processes on the GPU (empty on CPU or without NVML)."""
+class ClockSampler:
+    """NVML's SM and memory clocks and throttle reasons, read every `period_s` in a thread while a block runs:
+    the clocks an op's samples actually ran at (one reading before or after says little under a power cap that
+    comes and goes). Off a GPU, or without NVML, it reads nothing."""
+
+    def __init__(self, info: DeviceInfo, period_s: float = 0.005) -> None:
+        self.info, self.period_s = info, period_s
+        self.readings: list[Clocks] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ClockSampler:
+        if self.info.kind == "cuda":
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        if self.info.kind == "cuda":
+            self.readings.append(read_clocks(self.info, processes=False))  # one reading, however short the block
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.readings.append(read_clocks(self.info, processes=False))
+
+    def summary(self) -> tuple[int | None, int | None, int | None, str]:
+        """(median SM clock, lowest SM clock, median memory clock, throttle reasons seen), MHz."""
+        sm = sorted(r.sm_clock_mhz for r in self.readings if r.sm_clock_mhz)
+        mem = sorted(r.mem_clock_mhz for r in self.readings if r.mem_clock_mhz)
+        reasons = sorted({why for r in self.readings for why in r.throttle.split(",") if why})
+        return (sm[len(sm) // 2] if sm else None, sm[0] if sm else None, mem[len(mem) // 2] if mem else None,
+                ",".join(reasons))
+
+
+@functools.cache
+def _nvml_handle(index: int):  # type: ignore[no-untyped-def]
+    """NVML initialised once and the handle of torch's GPU `index` (looked up once: the sampler reads often)."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    return nvml_handle(index, torch.cuda.get_device_properties(index))
+
+
+def read_clocks(info: DeviceInfo, processes: bool = True) -> Clocks:
+    """Current SM/memory clocks, throttle reasons and (with `processes`) other processes on the GPU; empty on a
+    CPU or without NVML."""
     if info.kind != "cuda":
         return Clocks()
     try:
         import pynvml
 
-        handle = nvml_handle(info.index, torch.cuda.get_device_properties(info.index))
+        handle = _nvml_handle(info.index)
         get_reasons = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
             pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
         reasons = get_reasons(handle)
-        others = [p for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid != os.getpid()]
+        others = ([p for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid != os.getpid()]
+                  if processes else None)
         return Clocks(sm_clock_mhz=pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
                       mem_clock_mhz=pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM),
                       throttle=",".join(name for bit, name in THROTTLE_REASONS.items() if reasons & bit),
-                      other_processes=len(others))
+                      other_processes=None if others is None else len(others))
     except Exception:
         return Clocks()

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from roofline.analysis.placement import Roofs
+from roofline.analysis.placement import Roofs, suspect_cause
 from roofline.config import BlockConfig
 from roofline.errors import RooflineError
 from roofline.measure import ceilings
 from roofline.measure.device import read_clocks
 from roofline.measure.timer import Timer
-from roofline.measure.variant import measure
+from roofline.measure.variant import measure, retime
 from roofline.ops import Op, Variant, fusion_groups, gemm_shapes
 from roofline.ops.moe import moe_flops
 from roofline.results import Ceilings, DeviceInfo, Peaks, Results, Row, Run, Settings, save
@@ -41,15 +41,19 @@ class Listener:
     warn: Callable[[str], None] = lambda message: None
     start: Callable[[Op, Variant], None] = lambda op, variant: None
     row: Callable[[Row], None] = lambda row: None
+    another_round: Callable[[Row, int], None] = lambda row, round_number: None
 
 
-def settings_for(info: DeviceInfo, budget_s: float | None = None, seed: int = 0) -> Settings:
-    """How hard to measure on this device: a budget per variant (timing stops earlier once the median is stable)."""
+def settings_for(info: DeviceInfo, budget_s: float | None = None, seed: int = 0, rounds: int = 1) -> Settings:
+    """How hard to measure on this device: a budget per variant and round (timing stops earlier once the median
+    is stable), and the rounds (`--rounds`, the CI mode: each op timed again, interleaved with the others)."""
     if budget_s is not None and not budget_s > 0:
         raise RooflineError(f"--budget must be a positive number of seconds, got {budget_s}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise RooflineError(f"--rounds must be a positive integer, got {rounds!r}")
     if info.kind == "cuda":
-        return Settings(budget_s=budget_s or 0.5, min_samples=10, seed=seed)
-    return Settings(budget_s=budget_s or 0.5, min_samples=3, seed=seed)
+        return Settings(budget_s=budget_s or 0.5, min_samples=10, seed=seed, rounds=rounds)
+    return Settings(budget_s=budget_s or 0.5, min_samples=3, seed=seed, rounds=rounds)
 
 
 def load_roofs(info: DeviceInfo, calibrate: bool = False, listener: Listener | None = None,
@@ -132,23 +136,42 @@ class Session:
         save(self.results, self.out_dir)
 
     def measure(self, items: list[tuple[Op, Variant]], c: BlockConfig) -> None:
-        """Measure every planned variant in order, saving after each; the listener hears of each one."""
+        """Measure every planned variant in order, saving after each; the listener hears of each one. With
+        settings.rounds > 1 every variant measured ok is timed again, round after round, in block order: the ops
+        of a round are interleaved, so a slow stretch of the device (a power cap that comes and goes, other work)
+        moves one round of every op a little rather than one op a lot, and the rounds' spread shows it."""
         timer = Timer(self.info.torch_device, self.info.cache_bytes, self.info.max_sm_clock_mhz or 0)
         previous_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = c.dtype == "tf32"
+        measured = []
         try:
             for index, (op, variant) in enumerate(items):
                 self.listener.start(op, variant)
                 row = measure(op, variant, c, self.info, self.roofs, timer, self.settings, index)
                 self.add([row])
                 self.listener.row(row)
+                measured.append((index, op, variant, row))
+            for round_number in range(2, self.settings.rounds + 1):
+                for index, op, variant, row in measured:
+                    if row.status == "ok":
+                        self.listener.start(op, variant)
+                        retime(row, op, variant, c, self.info, self.roofs, timer, self.settings, index)
+                        save(self.results, self.out_dir)
+                    self.listener.another_round(row, round_number)
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous_tf32
 
     def finish(self) -> Results:
-        """Record the wall time and save for the last time."""
+        """Record the wall time and save for the last time. A measured roof that a row of this run beat is not a
+        ceiling: it is dropped from the cache (the next run measures it again), and the run says so."""
         self.results.run.wall_s = time.perf_counter() - self.started
         save(self.results, self.out_dir)
+        beaten = [r for r in self.results.ok_rows() if suspect_cause(r)[0] == "roof" and "measured" in r.ceiling_source]
+        if beaten and self.results.run.peaks.measured is not None:
+            ceilings.forget(self.info)
+            self.listener.warn(f"{', '.join(f'{r.op} · {r.variant}' for r in beaten)} beat the measured roof they were "
+                               "placed against: it is no ceiling, so the cache of this device's roofs is dropped "
+                               "(`roofline calibrate` measures them again)")
         return self.results
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import statistics
 import sys
 import time
 
@@ -22,8 +23,8 @@ from roofline.analysis.placement import Roofs, intensity, place_row
 from roofline.config import BlockConfig
 from roofline.errors import Unsupported
 from roofline.measure import train
-from roofline.measure.device import free_memory_bytes, read_clocks
-from roofline.measure.timer import Timer
+from roofline.measure.device import ClockSampler, free_memory_bytes
+from roofline.measure.timer import Timer, TimingStats, quantile
 from roofline.ops.base import TOLERANCE, CheckFailed, Op, Variant, default_check, primary
 from roofline.results import DeviceInfo, Row, Settings
 
@@ -130,18 +131,61 @@ def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: Devi
     phases.mark("peak memory")
     timer.warm_up(timed, row.first_call_s)
     phases.mark("warm-up")
-    stats = timer.time(timed, settings.budget_s, settings.min_samples, first_s=None if grad_names else row.first_call_s)
+    with ClockSampler(info) as clocks:
+        stats = timer.time(timed, settings.budget_s, settings.min_samples,
+                           first_s=None if grad_names else row.first_call_s)
     phases.mark(f"timing ({stats.samples} samples)")
-    row.time_median_s, row.time_p20_s, row.time_p80_s = stats.median_s, stats.p20_s, stats.p80_s
-    row.samples, row.rel_err, row.stop_reason = stats.samples, stats.rel_err, stats.stop_reason
-    row.time_samples_s, row.host_time_s = stats.samples_s, stats.host_s
+    row.host_time_s = stats.host_s
+    add_round(row, stats, clocks)
     if closures is not None:
         _time_backward(row, closures, timer, settings)
         phases.mark(f"backward timing ({row.backward_samples} samples)")
-    clocks = read_clocks(info)
-    row.sm_clock_mhz, row.mem_clock_mhz, row.throttle = clocks.sm_clock_mhz, clocks.mem_clock_mhz, clocks.throttle
     place_row(row, roofs)
     phases.report()
+
+
+def add_round(row: Row, stats: TimingStats, clocks: ClockSampler) -> None:
+    """One more round of samples into the row: its median joins round_medians_s, its samples the pool. The row's
+    time is the median of the round medians (each round's median, so a slow stretch of the GPU that hits one round
+    moves one value); p20/p80 are over every sample; the clocks are those of every round."""
+    row.round_medians_s.append(stats.median_s)
+    row.time_samples_s.extend(stats.samples_s)
+    row.rounds = len(row.round_medians_s)
+    row.samples = len(row.time_samples_s)
+    ordered = sorted(row.time_samples_s)
+    row.time_median_s = statistics.median(row.round_medians_s)
+    row.time_p20_s, row.time_p80_s = quantile(ordered, 0.2), quantile(ordered, 0.8)
+    row.rel_err, row.stop_reason = stats.rel_err, stats.stop_reason
+    sm, sm_min, mem, throttle = clocks.summary()
+    if sm is not None:  # a row's clock is the median over rounds of each round's median
+        row.sm_clock_mhz = sm if row.rounds == 1 else int(statistics.median([row.sm_clock_mhz or sm, sm]))
+        row.sm_clock_min_mhz = min(filter(None, (row.sm_clock_min_mhz, sm_min)))
+        row.mem_clock_mhz = mem
+    row.throttle = ",".join(sorted(set(filter(None, (row.throttle + "," + throttle).split(",")))))
+
+
+def retime(row: Row, op: Op, variant: Variant, c: BlockConfig, info: DeviceInfo, roofs: Roofs, timer: Timer,
+           settings: Settings, index: int) -> None:
+    """Another round of an ok row (`--rounds N`): fresh inputs, a short warm-up, samples, no check (the first
+    round checked this variant) — then the row is placed again. A failure ends the row's rounds, not the run."""
+    device = info.torch_device
+    gen = torch.Generator(device=device).manual_seed(settings.seed * 1000 + index + 7919 * row.rounds)
+    try:
+        inputs = op.make_inputs(c, device, gen)
+        fn = variant.build(c, inputs)
+        timed = fn
+        if c.mode == "train" and op.unit != "comm":
+            timed = train.closures(fn, inputs, train.require_grads(inputs), gen).step
+        timer.warm_up(timed, row.first_call_s or 0.0)
+        with ClockSampler(info) as clocks:
+            stats = timer.time(timed, settings.budget_s, settings.min_samples)
+        add_round(row, stats, clocks)
+        place_row(row, roofs)
+    except Exception as exc:  # keep what the earlier rounds measured
+        row.note = "; ".join(filter(None, (row.note, f"round {row.rounds + 1} failed: {type(exc).__name__}")))
+    finally:
+        if info.kind == "cuda":
+            torch.cuda.empty_cache()
 
 
 def _time_backward(row: Row, closures: train.TrainClosures, timer: Timer, settings: Settings) -> None:

@@ -8,7 +8,8 @@ from rich.text import Text
 
 from roofline.analysis import compare
 
-VERDICT_STYLE = {"SLOWER": "bold red", "FASTER": "green", "SAME": "", "AMBIGUOUS": "yellow", compare.UNMEASURED: "dim"}
+VERDICT_STYLE = {"SLOWER": "bold red", "SLOWER (clock)": "yellow", "FASTER": "green", "FASTER (clock)": "yellow",
+                 "SAME": "", "AMBIGUOUS": "yellow", compare.UNMEASURED: "dim"}
 
 
 def print_comparison(c: compare.Comparison, console: Console) -> None:

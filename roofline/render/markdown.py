@@ -23,6 +23,11 @@ def compare_markdown(comparisons: list[compare.Comparison]) -> str:
         for row in compare.table_rows(c):
             row[5] = f"**{row[5]}**" if row[5] == "SLOWER" else row[5]
             out.append("| " + " | ".join(_md(x) for x in row) + " |")
+        noisy = [r for r in c.rows if r.verdict.noise is not None]
+        if noisy:
+            out += ["", "Noise floor of each op (the spread of its rounds; a change must exceed it and the threshold "
+                    "to count): " + ", ".join(f"{r.base.op} · {r.base.variant} {100 * r.verdict.noise:.1f} %"
+                                             for r in noisy)]
         lonely = compare.only_in_one(c)
         if lonely:
             out += ["", f"<details><summary>{len(lonely)} rows in only one file</summary>", "",

@@ -25,7 +25,8 @@ def run_context(res: Results, label: str, scaled: bool = False) -> dict[str, Any
     return {"label": label, "train": train, "columns": op_columns(train), "title": describe_run(res),
             "summary": summary(res), "facts": facts(res.run),
             "split": block_split(res) if has_comm or scaled else [],
-            "ceilings": ceilings(res), "rows": [op_row(r, train) for r in res.rows], "fusions": fusions(res),
+            "ceilings": ceilings(res), "rows": [op_row(r, train, res.run.device.max_sm_clock_mhz) for r in res.rows],
+            "fusions": fusions(res),
             "warnings": warnings(res), "command": res.run.command, "started_at": res.run.started_at,
             "groups": {r.group: group_color(r.group) for r in res.rows}, "counters": counter_rows(res)}
 
@@ -168,12 +169,12 @@ def op_columns(train: bool) -> list[tuple[str, str]]:
     return OP_COLUMNS[:6] + (TRAIN_COLUMNS if train else []) + OP_COLUMNS[6:]
 
 
-def op_row(r: Row, train: bool = False) -> dict[str, Any]:
+def op_row(r: Row, train: bool = False, max_clock: int | None = None) -> dict[str, Any]:
     """The terminal table's columns (op_columns), plus each cell's raw value for sorting."""
     op = r.op + (f" ×{r.per_block}" if r.per_block > 1 else "")
     ok = r.status == "ok"
     spread = f"{fmt.seconds(r.time_p20_s)} – {fmt.seconds(r.time_p80_s)}" if ok else ""
-    note = fmt.ok_row_note(r) if ok else r.note
+    note = fmt.ok_row_note(r, max_clock) if ok else r.note
     note = f"rank {r.rank}" + (f" · {note}" if note else "") if r.rank is not None else note
     row: dict[str, Any] = {
         "status": r.status, "group": r.group, "group_color": group_color(r.group), "bound": r.bound if ok else "",
@@ -209,15 +210,19 @@ def fusions(res: Results) -> list[dict[str, str]]:
 
 
 def warnings(res: Results) -> list[tuple[str, str]]:
-    """(kind, text): run warnings, throttled rows, skipped and failed variants, timings that never settled."""
+    """(kind, text): run warnings, rows above their roof, skipped and failed variants, timings that never settled,
+    compute-bound rows that ran below 97 % of the max SM clock."""
     out = [("run", str(w)) for w in res.run.warnings]
     for r in res.rows:
         name = f"{r.op} · {r.variant}"
-        if r.throttle:
-            out.append(("throttled", f"{name}: {r.throttle}"))
+        ratio = fmt.clock_ratio(r, res.run.device.max_sm_clock_mhz)
+        if ratio is not None and ratio < fmt.CLOCK_NOTE_BELOW and r.bound == "compute" and r.status == "ok":
+            out.append(("clock", f"{name}: ran at {r.sm_clock_mhz} MHz, {100 * ratio:.0f} % of the max SM clock"
+                                 + (f" ({r.throttle})" if r.throttle else "")))
         if r.status != "ok":
             out.append((r.status, f"{name}: {r.note}"))
-        elif r.stop_reason == "budget" and r.rel_err is not None and r.rel_err > 0.02:
-            out.append(("unstable", f"{name}: the timing budget ran out with the median still ±{100 * r.rel_err:.1f} %"
-                                    f" ({r.samples} samples)"))
+        elif fmt.unstable(r):
+            out.append(("unstable", f"{name}: the timing budget ran out with the median still {fmt.unstable(r)}"))
+        if r.suspect:
+            out.append(("suspect", f"{name}: {r.suspect}"))
     return out

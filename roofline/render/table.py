@@ -38,7 +38,7 @@ def ops_table(results: Results) -> Table:
         t.add_column(name, justify=justify, no_wrap=name != "note")
     previous_op = None
     for r in results.rows:
-        cells = _cells(r, show_op=r.op != previous_op)
+        cells = _cells(r, r.op != previous_op, results.run.device.max_sm_clock_mhz)
         if train:
             cells[6:6] = _train_cells(r)
         t.add_row(*cells)
@@ -52,7 +52,7 @@ def _train_cells(r: Row) -> list[str]:
     return [fmt.seconds(r.backward_time_s), fmt.nbytes(r.saved_new_bytes)]
 
 
-def _cells(r: Row, show_op: bool) -> list[Text | str]:
+def _cells(r: Row, show_op: bool, max_clock: int | None) -> list[Text | str]:
     op = Text(r.op + (f" ×{r.per_block}" if r.per_block > 1 else "") if show_op else "")
     variant = Text(r.variant + (" ⚡" if r.fused else ""))
     if r.status != "ok":
@@ -62,8 +62,8 @@ def _cells(r: Row, show_op: bool) -> list[Text | str]:
     tflops = fmt.si(r.flops_per_s)
     gbs = fmt.si(r.bytes_per_s)
     bound = Text(r.bound, style=BOUND_STYLE.get(r.bound, ""))
-    text = fmt.ok_row_note(r)
-    note = Text(text, style="yellow" if "throttled" in text or "host-bound" in text else "")
+    text = fmt.ok_row_note(r, max_clock)
+    note = Text(text, style="bold red" if r.suspect else "yellow" if text and not r.note else "")
     return [op, variant, fmt.si(r.flops), fmt.si(r.min_bytes, "B"), fmt.intensity(r.intensity),
             fmt.seconds(r.time_median_s), tflops, gbs, bound, fmt.pct(r.pct_of_roof),
             fmt.nbytes(r.peak_mem_bytes), note]
