@@ -27,14 +27,14 @@ for step in "$@"; do
     aa) timed aa roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-aa" ;;
     debug) timed debug env ROOFLINE_DEBUG=1 TORCH_LOGS=recompiles python3 -m roofline profile --seq-len 8192 --ops residual_dropout_norm --out "$R/debug" --no-plots ;;
     ci8192) timed ci8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --rounds 5 --budget 0.1 --out "$R/gpt-7b-s8192-ci" ;;
-    cold8192) timed cold8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-cold" ;;
-    warm8192) timed warm8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-warm" ;;
+    cold8192) timed cold8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --no-causal --out "$R/gpt-7b-s8192-cold" ;;
+    warm8192) timed warm8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --no-causal --out "$R/gpt-7b-s8192-warm" ;;
     compare-ref) for run in gpt-7b-s8192-cold gpt-7b-s8192-warm gpt-7b-train-s4096 counters; do
                    ref=reports/reference/h100/$run; [ -d "$ref" ] || ref=reports/reference/h100/gpt-7b-s8192
                    timed "compare-$run" roofline compare "$ref/results.json" "$R/$run/results.json" --markdown - ; done ;;
     probe) timed probe-sdpa python3 scripts/probe_trace.py --seq-len 8192 --attn sdpa
            timed probe-eager python3 scripts/probe_trace.py --seq-len 8192 --attn eager ;;
-    counters) timed counters roofline profile --seq-len 8192 --counters --out "$R/counters" ;;
+    counters) timed counters roofline profile --seq-len 8192 --no-causal --counters --out "$R/counters" ;;
     tune) timed tune python3 scripts/tune_flash.py ;;
     tune-norm) timed tune-norm python3 scripts/tune_norm.py ;;
     gputests) timed gputests python3 -m pytest -q -m gpu tests ;;
@@ -44,7 +44,7 @@ for step in "$@"; do
     decode-llama) timed decode-llama-b1 roofline profile --model llama3-8b --mode decode --kv-len 8192 --batch 1 --out "$R/llama3-8b-decode-b1-kv8192"
             timed decode-llama-b64 roofline profile --model llama3-8b --mode decode --kv-len 8192 --batch 64 --out "$R/llama3-8b-decode-b64-kv8192" ;;
     fp8) timed fp8 roofline sweep --seq-len 8192 --dtype bf16,fp8 --out "$R/gpt-7b-s8192-bf16-fp8" ;;
-    train) timed train roofline profile --mode train --seq-len 4096 --out "$R/gpt-7b-train-s4096" ;;
+    train) timed train roofline profile --mode train --seq-len 4096 --no-causal --out "$R/gpt-7b-train-s4096" ;;
     train-llama) timed train-llama roofline profile --mode train --model llama3-8b --seq-len 4096 --out "$R/llama3-8b-train-s4096" ;;
     models) timed llama roofline profile --model llama3-8b --seq-len 8192 --out "$R/llama3-8b-s8192"
             timed mixtral roofline profile --model mixtral-8x7b --seq-len 8192 --out "$R/mixtral-8x7b-s8192" ;;
