@@ -21,15 +21,21 @@ def _scaled(value: float | None, units: list[tuple[float, str]], digits: int = 3
 
 
 def flops(value: float | None) -> str:
-    return _scaled(value, [(1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"), (1, "FLOP")])
+    return _scaled(value, [(1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"), (1e3, "kFLOP"),
+                           (1, "FLOP")])
 
 
 def flops_rate(value: float | None) -> str:
-    return _scaled(value, [(1e12, "TFLOP/s"), (1e9, "GFLOP/s"), (1e6, "MFLOP/s"), (1, "FLOP/s")])
+    return _scaled(value, [(1e12, "TFLOP/s"), (1e9, "GFLOP/s"), (1e6, "MFLOP/s"), (1e3, "kFLOP/s"), (1, "FLOP/s")])
 
 
 def nbytes(value: float | None) -> str:
     return _scaled(value, [(1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "B")])
+
+
+def capacity(value: float | None) -> str:
+    """A memory's size in binary units, as vendors' '80GB' means 80 GiB-ish: '79.6 GiB', '50 MiB'."""
+    return _scaled(value, [(2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"), (1, "B")])
 
 
 def bandwidth(value: float | None) -> str:
@@ -37,6 +43,10 @@ def bandwidth(value: float | None) -> str:
 
 
 def seconds(value: float | None) -> str:
+    """'1.02 ms', '16.3 s'; from 100 s on, minutes: '21 min 30 s'."""
+    if value is not None and math.isfinite(value) and value >= 99.5:
+        minutes, rest = divmod(round(value), 60)
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
     return _scaled(value, [(1, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")])
 
 

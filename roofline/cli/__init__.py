@@ -25,6 +25,10 @@ from roofline.cli.sweep import sweep
 from roofline.cli.tp_scaling import tp_scaling
 from roofline.errors import EXIT_BAD_INPUT, RooflineError
 
+# An argument's help names what it is ("results.json files (or their folders)"): typer's own type label beside it
+# would read "<list[Path]>", a Python type.
+typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Where a Transformer block spends its time on a GPU, and why.")

@@ -12,23 +12,26 @@ from roofline.cli.console import stdout
 def list_ops(
     model: Annotated[str, typer.Option(help="Model preset (decides e.g. GELU vs SwiGLU).")] = "gpt-7b",
     seq_len: Annotated[int, typer.Option("--seq-len", help="Sequence length for the example numbers.")] = 2048,
+    batch: Annotated[int, typer.Option(help="Sequences per batch.")] = 1,
+    kv_len: Annotated[int | None, typer.Option("--kv-len", help="KV-cache length (--mode decode).")] = None,
     dtype: Annotated[str, typer.Option(help="Dtype for the example bytes.")] = "bf16",
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel ranks: list one rank's shard of the block, "
                                     "with its all-reduces.")] = 1,
-    mode: Annotated[str, typer.Option(help="prefill or train: train adds each op's backward formulas, and its "
-                                      "numbers are forward + backward.")] = "prefill",
+    mode: Annotated[str, typer.Option(help="prefill, decode (one new token against --kv-len) or train: train adds "
+                                      "each op's backward formulas, its numbers are forward + backward.")] = "prefill",
 ) -> None:
     """The op catalog: every op, its FLOPs and bytes formulas, its variants, with numbers for one shape."""
     from roofline.config import make_config
     from roofline.ops import describe
     from roofline.render.catalog import catalog_table
 
-    full = make_config(model, seq_len=seq_len, dtype=dtype, mode=mode)
+    full = make_config(model, seq_len=seq_len, batch=batch, kv_cache_len=kv_len, dtype=dtype, mode=mode)
     c = full.shard(tp)
     shard = (f" · TP={tp}, one rank's shard: {c.n_heads} of {full.n_heads} heads, FFN {c.ffn_dim} of {full.ffn_dim}"
              if tp > 1 else "")
     caption = (f"n = {tp} ranks. Shapes are one rank's; a collective's bytes are NCCL bus bytes, what each rank "
                "sends over its links (its roof: the interconnect's bus bandwidth)." if tp > 1 else
                "Collectives (the all-reduces after out_proj and ffn_down) appear with --tp N.")
-    stdout.print(catalog_table(describe(c), f"Op catalog · {c.name} · {c.mode} · seq {c.seq_len} · {c.dtype}{shard}",
-                               caption))
+    shape = f"kv {c.kv_len}" if c.mode == "decode" else f"seq {c.seq_len}"
+    stdout.print(catalog_table(describe(c), f"Op catalog · {c.name} · {c.mode} · batch {c.batch} · {shape} · "
+                               f"{c.dtype}{shard}", caption, stdout.width))

@@ -6,6 +6,7 @@ throttled op printed above it as it happens.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,8 +18,13 @@ if TYPE_CHECKING:
     from roofline.measure.session import Listener
     from roofline.results import DeviceInfo
 
-stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 220)
-stderr = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
+def _width(stream: object, piped: int) -> int | None:
+    """The terminal's width; piped, COLUMNS when set, else `piped` (a table written to a file keeps its columns)."""
+    return None if getattr(stream, "isatty", lambda: False)() or os.environ.get("COLUMNS") else piped
+
+
+stdout = Console(soft_wrap=False, width=_width(sys.stdout, 220))
+stderr = Console(stderr=True, soft_wrap=True, width=_width(sys.stderr, 200))
 command_line: list[str] = []  # the command line, recorded in results.json
 
 

@@ -38,11 +38,22 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
-def default_out_dir(device_slug: str, c: BlockConfig) -> Path:
-    """reports/<device>-<model>-s<N>, or -decode-b<batch>-kv<N> for decode."""
+def fresh(path: Path) -> Path:
+    """`path`, or `path`-2, -3… if it already holds a run's files: a folder nobody named is never written over."""
+    candidate, n = path, 1
+    while (candidate / "results.json").exists() or (candidate / "report.html").exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def default_out_dir(device_slug: str, c: BlockConfig, suffix: str = "") -> Path:
+    """reports/<device>-<model>-s<N> (decode: -decode-b<batch>-kv<N>; train: -train-s<N>), a fresh one."""
     if c.mode == "decode":
-        return Path("reports") / f"{device_slug}-{c.name}-decode-b{c.batch}-kv{c.kv_cache_len}"
-    return Path("reports") / f"{device_slug}-{c.name}-s{c.seq_len}"
+        name = f"{device_slug}-{c.name}-decode-b{c.batch}-kv{c.kv_cache_len}"
+    else:
+        name = f"{device_slug}-{c.name}-{'train-' if c.mode == 'train' else ''}s{c.seq_len}"
+    return fresh(Path("reports") / (name + suffix))
 
 
 def parse_seq_lens(text: str) -> list[int]:

@@ -41,7 +41,8 @@ def profile(
     model: Model = "gpt-7b",
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence (prefill).")] = 2048,
     batch: Batch = 1,
-    dtype: Annotated[str | None, typer.Option(help="fp32|tf32|bf16|fp16 (default bf16 on GPU, fp32 on CPU).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="fp32|tf32|bf16|fp16|fp8 (default bf16 on GPU, fp32 on "
+                                                   "CPU).")] = None,
     device: Device = None,
     mode: Annotated[str, typer.Option(help="prefill, decode, or train (forward + backward per op).")] = "prefill",
     kv_len: Annotated[int | None, typer.Option("--kv-len", help="KV-cache length (decode).")] = None,
@@ -81,6 +82,7 @@ def profile(
     items = plan(config, csv_list(ops), csv_list(variants))
     if not items:
         raise RooflineError("nothing to measure: --ops/--variants selected no (op, variant) of this model")
+    _something_fits(items, config, dev)
     settings = session.settings_for(dev, budget, seed, rounds)
     out_dir = writable_dir(out or default_out_dir(dev.slug, config))
     roofs = session.load_roofs(dev, calibrate, quiet_listener(), config)
@@ -96,6 +98,19 @@ def profile(
         raise CannotRun(f"no op could be measured on {dev.name} (see the notes in {out_dir}/results.json)")
     if problem:
         raise CannotRun(f"no hardware counters: {problem} (timing results are saved in {out_dir})")
+
+
+def _something_fits(items: list, config: BlockConfig, dev: DeviceInfo) -> None:
+    """Refuse, before any folder is made, a run of which no op could fit in the device's free memory."""
+    from roofline import fmt
+    from roofline.measure.device import free_memory_bytes
+    from roofline.measure.variant import predicted_bytes
+
+    free = free_memory_bytes(dev)
+    needs = [predicted_bytes(op, variant, config) for op, variant in items]
+    if min(needs) > free:
+        raise CannotRun(f"nothing fits on {dev.name}: its smallest op needs {fmt.nbytes(min(needs))}, "
+                        f"{fmt.nbytes(free)} are free (a smaller --seq-len or --batch?)")
 
 
 def _count(res: Results, pairs: list[tuple[str, str]], config: BlockConfig, out_dir: Path,
@@ -157,7 +172,7 @@ def _profile_ranks(shard: BlockConfig, dev: DeviceInfo, ops: list[str] | None, v
     if not plan(shard, ops, variants):
         raise RooflineError("nothing to measure: --ops/--variants selected no (op, variant) of this model")
     flag = f"tp{shard.tp}" if shard.tp > 1 else f"dp{shard.dp}"
-    out_dir = writable_dir(out or Path(f"{default_out_dir(dev.slug, shard)}-{flag}"))
+    out_dir = writable_dir(out or default_out_dir(dev.slug, shard, f"-{flag}"))
     res = profile_ranks(shard, dev, ops, variants, out_dir, list(command_line),
                         session.settings_for(dev, budget, seed, rounds), calibrate, quiet_listener())
     slowest = Results(run=res.run, rows=[r for r in res.rows if r.rank is None])

@@ -10,7 +10,18 @@ from typing import Annotated
 import typer
 
 from roofline.cli.console import command_line, detected, info, progress, quiet_listener, stdout
-from roofline.cli.options import Batch, Budget, CsvOut, Device, JsonOut, Model, csv_list, parse_seq_lens, writable_dir
+from roofline.cli.options import (
+    Batch,
+    Budget,
+    CsvOut,
+    Device,
+    JsonOut,
+    Model,
+    csv_list,
+    fresh,
+    parse_seq_lens,
+    writable_dir,
+)
 from roofline.errors import CannotRun
 
 DEFAULT_SEQ_LENS = "1024,2048,4096,8192,16384,32768"
@@ -49,7 +60,7 @@ def sweep(
     dtypes = list(dict.fromkeys(csv_list(dtype) or ["bf16" if dev.kind == "cuda" else "fp32"]))
     points = plan_sweep(model, parse_seq_lens(seq_len), dtypes, batch, csv_list(variants), block)
     first = points[0].config
-    out_dir = writable_dir(out or Path("reports") / f"{dev.slug}-{first.name}-sweep")
+    out_dir = writable_dir(out or fresh(Path("reports") / f"{dev.slug}-{first.name}-sweep"))
     roofs = session.load_roofs(dev, False, quiet_listener(), first)
     with progress(sum(len(p.items) for p in points)) as listener:
         run = session.start(dev, first, out_dir, command_line, session.settings_for(dev, budget), listener=listener,

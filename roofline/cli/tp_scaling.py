@@ -11,8 +11,10 @@ from roofline.cli.console import stdout
 
 
 def tp_scaling(
-    base: Annotated[Path, typer.Argument(help="results.json of the TP=1 run (`roofline profile`).")],
-    tp: Annotated[Path, typer.Argument(help="results.json of the same block with `roofline profile --tp N`.")],
+    base: Annotated[Path, typer.Argument(metavar="BASE", show_default=False,
+                                         help="results.json of the TP=1 run (`roofline profile`).")],
+    tp: Annotated[Path, typer.Argument(metavar="TP", show_default=False,
+                                       help="results.json of the same block with `roofline profile --tp N`.")],
 ) -> None:
     """TP scaling efficiency per op and for the block: time(TP=1) / (N·time(TP=N)), and where the time goes."""
     from roofline import results

@@ -75,7 +75,7 @@ def detect(requested: str | None = None) -> DeviceInfo:
     if not m:
         raise RooflineError(f"unknown device '{requested}' (use cpu, cuda or cuda:N)")
     if not torch.cuda.is_available():
-        raise RooflineError("--device cuda asked for, but no CUDA GPU is visible (use --device cpu)")
+        raise RooflineError(f"--device {requested} asked for, but no CUDA GPU is visible (use --device cpu)")
     index = int(m.group(1) or 0)
     if index >= torch.cuda.device_count():
         raise RooflineError(f"no GPU cuda:{index}; this machine has {torch.cuda.device_count()}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -32,8 +33,24 @@ def rank_timeout() -> timedelta:
 def launch(n: int, fn: Callable[..., T], *args: object) -> dict[int, T]:
     """Run fn(*args) in n local processes (torch elastic, as `torchrun --standalone`); each rank's return value.
 
-    A rank that raises ends the run: the others are stopped and its error becomes one line (exit code 3).
+    A rank that raises ends the run: the others are stopped and its error becomes one line (exit code 3). The
+    launcher's logs and error files (torchelastic_*, pytorch-errorfile-*) go to a temporary folder of this launch,
+    removed with it: nothing is left in the system's temp folder.
     """
+    with tempfile.TemporaryDirectory(prefix="roofline-ranks-") as scratch:
+        previous = tempfile.tempdir, os.environ.get("TMPDIR")
+        tempfile.tempdir, os.environ["TMPDIR"] = scratch, scratch  # the agent and the spawned ranks write there
+        try:
+            return _launch(n, fn, *args)
+        finally:
+            tempfile.tempdir = previous[0]
+            if previous[1] is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = previous[1]
+
+
+def _launch(n: int, fn: Callable[..., T], *args: object) -> dict[int, T]:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 

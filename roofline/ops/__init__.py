@@ -69,7 +69,8 @@ def describe(config: BlockConfig) -> list[dict[str, object]]:
         if config.mode == "train" and op.backward_flops and op.backward_bytes:
             formulas += [f"backward FLOPs = {op.backward_flops.text}", f"backward bytes = {op.backward_bytes.text}"]
         if op.replaces:
-            formulas.append(f"replaces: {' → '.join(op.replaces)}")
+            here = {o.name for o in ops_for(config)}
+            formulas.append(f"replaces: {' → '.join(n for n in op.replaces if n in here)}")
         out.append({"name": op.name, "per_block": op.per_block, "unit": op.unit, "flops": op.step_flops(config),
                     "min_bytes": op.step_bytes(config), "variants": [(v.name, v.fused) for v in op.variants],
                     "formulas": "\n".join(formulas)})
@@ -88,7 +89,7 @@ def plan(config: BlockConfig, only: list[str] | None = None,
             if name not in known:
                 raise RooflineError(f"unknown variant '{name}' (known: {', '.join(sorted(known))})")
     return [(op, v) for op in ops_for(config) if not only or op.name in only
-            for v in op.variants if not variants or v.name in variants]
+            for v in op.variants if v.applies(config) and (not variants or v.name in variants)]
 
 
 __all__ = ["BLOCK_ORDER", "CATALOG", "Op", "Variant", "describe", "fusion_groups", "gemm_shapes", "get_op", "ops_for",

@@ -189,8 +189,8 @@ def _sdpa(backend_name: str):
 
 
 def needs_triton_half(c: BlockConfig, device: torch.device) -> str | None:
-    """Our FlashAttention kernel computes in bf16/fp16 with fp32 accumulation only."""
-    if c.dtype not in ("bf16", "fp16"):
+    """Our FlashAttention kernel computes in bf16/fp16 with fp32 accumulation only (on a CUDA GPU)."""
+    if c.dtype not in ("bf16", "fp16") and device.type == "cuda":
         return f"our Triton FlashAttention has no {c.dtype} path (bf16/fp16 only)"
     return needs_triton(c, device)
 
@@ -202,9 +202,10 @@ def _triton_flash(c: BlockConfig, i: Inputs):
 
 
 def needs_decode_triton(c: BlockConfig, device: torch.device) -> str | None:
-    """Split-KV serves one decode query per sequence (q_len = 1), in bf16/fp16, at head_dim 64 or 128."""
-    if c.mode != "decode":
-        return "split-KV is a decode kernel (q_len = 1)"
+    """Split-KV serves one decode query per sequence (q_len = 1: a variant of decode only), in bf16/fp16, at
+    head_dim 64 or 128 (on a CUDA GPU)."""
+    if device.type != "cuda":
+        return needs_triton(c, device)
     if c.dtype not in ("bf16", "fp16"):
         return f"our Triton split-KV kernel has no {c.dtype} path (bf16/fp16 only)"
     if c.head_dim not in (64, 128):
@@ -229,12 +230,13 @@ ATTENTION = Op(
                                                           * c.kv_len * c.dtype_bytes),
                 doc="Q·Kᵀ → softmax → ·V in eager PyTorch, materialising N×N twice (three times with the causal mask)"),
         Variant("sdpa_flash", _sdpa("FLASH_ATTENTION"), fused=True, doc="SDPA, FlashAttention-2 backend"),
-        Variant("sdpa_efficient", _sdpa("EFFICIENT_ATTENTION"), fused=True,
+        Variant("sdpa_efficient", _sdpa("EFFICIENT_ATTENTION"), fused=True, requires=needs_cuda,
                 doc="SDPA, memory-efficient (xFormers) backend"),
         Variant("sdpa_cudnn", _sdpa("CUDNN_ATTENTION"), fused=True, requires=needs_cuda,
                 doc="SDPA, cuDNN backend"),
         Variant("triton", _triton_flash, fused=True, requires=needs_triton_half, doc="kernels/flash_attention.py"),
         Variant("triton_splitkv", _triton_splitkv, fused=True, requires=needs_decode_triton,
+                applies=lambda c: c.mode == "decode",
                 doc="kernels/flash_decoding.py: flash-decoding, the KV cache split across programs"),
     ),
     replaces=("qk_t", "softmax", "attn_v"),

@@ -84,8 +84,11 @@ def no_requirement(config: BlockConfig, device: torch.device) -> str | None:
     return None
 
 
+NEEDS_GPU = "needs a CUDA GPU"  # the start of every reason a variant cannot run on this device (not this config)
+
+
 def needs_cuda(config: BlockConfig, device: torch.device) -> str | None:
-    return None if device.type == "cuda" else "needs a CUDA GPU"
+    return None if device.type == "cuda" else NEEDS_GPU
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ class Variant:
     cannot run here (None when it can); a closure may also raise `Unsupported` on its first call.
     scratch_bytes predicts memory the variant allocates beyond inputs and outputs (e.g. naive attention's N×N
     scores), so an op that would not fit is skipped before anything is allocated. dtypes: the dtypes the variant
-    has a path for; at any other the row is skipped with a note.
+    has a path for; at any other the row is skipped with a note. applies: whether the variant is one of this config
+    at all (not planned otherwise), as Op.applies is for ops.
     """
 
     name: str
@@ -106,6 +110,7 @@ class Variant:
     scratch_bytes: Callable[[BlockConfig], int] = lambda c: 0
     doc: str = ""
     dtypes: tuple[str, ...] = NON_FP8
+    applies: Callable[[BlockConfig], bool] = lambda c: True  # a variant of some configs only (split-KV: decode)
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,7 @@ def needs_triton(config: BlockConfig, device: torch.device) -> str | None:
     import importlib.util
 
     if device.type != "cuda":
-        return "Triton kernels need a CUDA GPU"
+        return f"{NEEDS_GPU} (our Triton kernels)"
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
     if config.dtype not in ("bf16", "fp16", "fp32"):

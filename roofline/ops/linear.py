@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from roofline.config import BlockConfig
-from roofline.ops.base import TORCH_DTYPES, Formula, Inputs, Op, Variant, rand, take_rows
+from roofline.ops.base import NEEDS_GPU, TORCH_DTYPES, Formula, Inputs, Op, Variant, rand, take_rows
 
 FP8_OUT_DTYPE = torch.bfloat16
 
@@ -42,7 +42,7 @@ def fp8_requirement(k: int, n: int, device: torch.device) -> str | None:
     if not hasattr(torch, "_scaled_mm"):
         return "this torch has no torch._scaled_mm (fp8 matmul)"
     if device.type != "cuda":
-        return "fp8 matmuls (torch._scaled_mm) need a CUDA GPU with compute capability ≥ 8.9"
+        return f"{NEEDS_GPU} with compute capability ≥ 8.9 (fp8 matmuls, torch._scaled_mm)"
     major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) < (8, 9):
         return f"fp8 matmuls need compute capability ≥ 8.9 (Ada, Hopper); this GPU is {major}.{minor}"

@@ -15,6 +15,8 @@ from roofline.analysis.sweep import sweep_series
 from roofline.render.figures.sweep import slope_text
 from roofline.results import Results, Row
 
+NEEDS_GPU = "needs a CUDA GPU"  # how ops/base.py starts the reason of a variant this device cannot run
+
 BOUND_STYLE = {"compute": "cyan", "memory": "magenta"}
 STATUS_STYLE = {"failed": "bold red", "skipped": "yellow"}
 
@@ -38,12 +40,31 @@ def ops_table(results: Results) -> Table:
         t.add_column(name, justify=justify, no_wrap=name != "note")
     previous_op = None
     for r in results.rows:
+        if elsewhere(r):
+            continue
         cells = _cells(r, r.op != previous_op, results.run.device.max_sm_clock_mhz)
         if train:
             cells[6:6] = _train_cells(r)
         t.add_row(*cells)
         previous_op = r.op
     return t
+
+
+def elsewhere(r: Row) -> bool:
+    """A variant this device can never run (it needs a CUDA GPU): said once under the table, not row by row."""
+    return r.status == "skipped" and r.note.startswith(NEEDS_GPU)
+
+
+def elsewhere_line(results: Results) -> str:
+    """'Not run on this CPU (they need a CUDA GPU): softmax · triton; attention · sdpa_cudnn, triton'."""
+    by_op: dict[str, list[str]] = {}
+    for r in results.rows:
+        if elsewhere(r):
+            by_op.setdefault(r.op, []).append(r.variant)
+    if not by_op:
+        return ""
+    named = "; ".join(f"{op} · {', '.join(variants)}" for op, variants in by_op.items())
+    return f"Not run on this {results.run.device.kind.upper()} (they need a CUDA GPU): {named}"
 
 
 def _train_cells(r: Row) -> list[str]:
@@ -100,6 +121,8 @@ def summary(results: Results) -> Group:
         parts.append(t)
     counts = {s: sum(r.status == s for r in results.rows) for s in ("ok", "skipped", "failed")}
     parts.append(Text(f"{counts['ok']} measured, {counts['skipped']} skipped, {counts['failed']} failed"))
+    if line := elsewhere_line(results):
+        parts.append(Text(line, style="dim"))
     return Group(*parts)
 
 
