@@ -34,6 +34,7 @@ per row again, one-block and looped (pass 1: rowsum(dy ⊙ y); pass 2: re-read, 
 """
 
 import math
+import os
 
 import torch
 import triton
@@ -160,8 +161,11 @@ def _softmax_backward_looped_kernel(Y, DY, DX, n_cols, q_len, causal_offset, sca
 
 
 def _num_warps(block: int) -> int:
-    """About 32 columns per thread: 8 warps for 8192 columns, 16 from 16384."""
-    return min(max(block // 1024, 4), 16)
+    """About 32 columns per thread: 8 warps for 8192 columns, 16 from 16384. ROOFLINE_SOFTMAX_WARPS forces another
+    count: a launch-configuration experiment (scripts/device_run.sh's `regress` step builds a slower softmax with it
+    to check that `compare` catches a real regression)."""
+    forced = os.environ.get("ROOFLINE_SOFTMAX_WARPS")
+    return int(forced) if forced else min(max(block // 1024, 4), 16)
 
 
 def softmax(x: torch.Tensor, scale: float = 1.0, causal: bool = False, *,

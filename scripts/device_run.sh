@@ -10,6 +10,7 @@ mkdir -p "$R"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$R/pip.log" 2>&1 || { echo "pip install -e failed"; tail -5 "$R/pip.log"; }
 roofline() { python3 -m roofline "$@"; }
 export ROOFLINE_CACHE_DIR=${ROOFLINE_CACHE_DIR:-$R/cache}
+CI=${CI_ARGS:---rounds 5 --budget 0.05}  # the CI mode that the README's workflow runs
 log() { echo "=== $* ($(date +%T))"; }
 timed() {
   local name=$1; shift; log "$name: $*"; local t0; t0=$(date +%s.%N)
@@ -26,10 +27,21 @@ for step in "$@"; do
     profile2048) timed profile2048 roofline profile --seq-len 2048 --out "$R/gpt-7b-s2048" ;;
     aa) timed aa roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-aa" ;;
     debug) timed debug env ROOFLINE_DEBUG=1 TORCH_LOGS=recompiles python3 -m roofline profile --seq-len 8192 --ops residual_dropout_norm --out "$R/debug" --no-plots ;;
-    ci8192) timed ci8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --rounds 5 --budget 0.1 --out "$R/gpt-7b-s8192-ci" ;;
-    cold8192) timed cold8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --no-causal --out "$R/gpt-7b-s8192-cold" ;;
-    warm8192) timed warm8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --no-causal --out "$R/gpt-7b-s8192-warm" ;;
-    compare-ref) for run in gpt-7b-s8192-cold gpt-7b-s8192-warm gpt-7b-train-s4096 counters; do
+    calibrate-new) timed calibrate roofline calibrate --force --out "$R" ;;
+    warps) for w in 2 4 16; do timed "softmax-w$w" env ROOFLINE_SOFTMAX_WARPS=$w roofline profile --seq-len 8192 --ops softmax --variants triton --no-plots --out "$R/softmax-w$w"; done
+           timed softmax-default roofline profile --seq-len 8192 --ops softmax --variants triton --no-plots --out "$R/softmax-default" ;;
+    aa) for i in 1 2 3 4 5; do
+          timed "ci-a$i" roofline profile --seq-len 8192 $CI --no-plots --out "$R/aa/pair$i-a"
+          timed "ci-b$i" roofline profile --seq-len 8192 $CI --no-plots --out "$R/aa/pair$i-b"
+          timed "compare-aa$i" roofline compare "$R/aa/pair$i-a" "$R/aa/pair$i-b" --fail-on slower --json "$R/aa/pair$i.compare.json" --markdown - ; done ;;
+    regress) for i in 1 2 3 4 5; do
+          timed "slow$i" env ROOFLINE_SOFTMAX_WARPS=${SLOW_WARPS:-4} roofline profile --seq-len 8192 $CI --ops softmax --variants triton --no-plots --out "$R/aa/pair$i-slow-softmax"
+          timed "compare-slow$i" roofline compare "$R/aa/pair$i-a" "$R/aa/pair$i-slow-softmax" --fail-on slower --json "$R/aa/pair$i-slow.compare.json" --markdown - ; done ;;
+    ci8192) timed ci8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 $CI --out "$R/gpt-7b-s8192-ci" ;;
+    cold8192) timed cold8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-cold" ;;
+    warm8192) timed warm8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-warm" ;;
+    nocausal8192) timed nocausal8192 roofline profile --seq-len 8192 --no-causal --out "$R/gpt-7b-s8192-nocausal" ;;
+    compare-ref) for run in gpt-7b-s8192-nocausal gpt-7b-train-s4096 counters; do
                    ref=reports/reference/h100/$run; [ -d "$ref" ] || ref=reports/reference/h100/gpt-7b-s8192
                    timed "compare-$run" roofline compare "$ref/results.json" "$R/$run/results.json" --markdown - ; done ;;
     probe) timed probe-sdpa python3 scripts/probe_trace.py --seq-len 8192 --attn sdpa

@@ -26,6 +26,7 @@ import torch
 
 TARGET_REL_ERR = 0.005
 FIRST_CALL_SAMPLE_S = 0.1  # a CPU op's first call this long counts as a timing sample (Timer.time)
+LONG_CALL_BUDGETS = 5  # a CPU op whose one call takes this many per-variant budgets takes 2 samples (Timer.time)
 
 
 @dataclass
@@ -185,9 +186,13 @@ class Timer:
         """Samples of fn until stable. `first_s`, the time of fn's first call, counts as a sample on a CPU when it is
         longer than FIRST_CALL_SAMPLE_S: nothing compiles or autotunes there (CPU variants are eager PyTorch), and
         for the long ops where it saves minutes (a projection at seq 8192 takes seconds) its one-time cost,
-        first-touch of the output pages, is under 1 %."""
+        first-touch of the output pages, is under 1 %. A CPU op longer than LONG_CALL_BUDGETS budgets takes two
+        samples, not min_samples: a 10-second matmul's call-to-call noise is small beside its time, and a third
+        call would cost another 10 s (`profile --seq-len 8192` on a 2-core CPU: 3 minutes instead of 5)."""
         counts = first_s is not None and not self.is_cuda and first_s >= FIRST_CALL_SAMPLE_S
         initial = [first_s] if counts else None
+        if counts and first_s > LONG_CALL_BUDGETS * budget_s:
+            min_samples = min(min_samples, 2)
         host_s = None
         if self._cycles_per_s:  # sleep twice the launch time (≥ 50 µs, ≤ 50 ms) ahead of each sample
             host_s = self.host_seconds(fn, setup)
