@@ -13,7 +13,9 @@ ones the catalog had then, LEGACY_FUSION_GROUPS).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -429,8 +431,18 @@ def to_json_text(results: Results) -> str:
     return json.dumps(results.to_dict(), indent=1)
 
 
+CSV_FIELDS = [name for name in ROW_FIELDS if name != "time_samples_s"]
+
+
 def to_csv_text(results: Results) -> str:
-    return results.to_dataframe().to_csv(index=False)
+    """The rows as CSV (the DataFrame's columns, without the raw samples), written without pandas: a profile saves
+    it after every row and should not pay pandas' import for it."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for r in results.rows:
+        writer.writerow("" if (v := getattr(r, name)) is None else v for name in CSV_FIELDS)
+    return buffer.getvalue()
 
 
 def save(results: Results, out_dir: Path) -> None:

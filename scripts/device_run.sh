@@ -25,7 +25,7 @@ for step in "$@"; do
     calibrate) timed calibrate roofline calibrate --force --out "$R"; timed calibrate-cached roofline calibrate ;;
     profile8192) timed profile8192 roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192" ;;
     profile2048) timed profile2048 roofline profile --seq-len 2048 --out "$R/gpt-7b-s2048" ;;
-    aa) timed aa roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-aa" ;;
+    aa-single) timed aa roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-aa" ;;
     debug) timed debug env ROOFLINE_DEBUG=1 TORCH_LOGS=recompiles python3 -m roofline profile --seq-len 8192 --ops residual_dropout_norm --out "$R/debug" --no-plots ;;
     calibrate-new) timed calibrate roofline calibrate --force --out "$R" ;;
     warps) for w in 2 4 16; do timed "softmax-w$w" env ROOFLINE_SOFTMAX_WARPS=$w roofline profile --seq-len 8192 --ops softmax --variants triton --no-plots --out "$R/softmax-w$w"; done
@@ -64,5 +64,7 @@ for step in "$@"; do
     kernels-test) timed kernels-test python3 -m pytest -q tests/test_kernels.py -m "gpu or not gpu" ;;
     *) log "unknown step $step" ;;
   esac
+  # packed after every step, so a run cut short by its time limit still brings back what it measured
+  tar czf "${OUT:-/tmp/out}/$TAG.tgz.part" -C "${OUT:-/tmp/out}" "$TAG" && mv "${OUT:-/tmp/out}/$TAG.tgz.part" "${OUT:-/tmp/out}/$TAG.tgz"
 done
-tar czf "${OUT:-/tmp/out}/$TAG.tgz" -C "${OUT:-/tmp/out}" "$TAG" && rm -rf "$R"
+rm -rf "$R"
