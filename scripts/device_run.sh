@@ -30,13 +30,14 @@ for step in "$@"; do
     calibrate-new) timed calibrate roofline calibrate --force --out "$R" ;;
     warps) for w in 2 4 16; do timed "softmax-w$w" env ROOFLINE_SOFTMAX_WARPS=$w roofline profile --seq-len 8192 --ops softmax --variants triton --no-plots --out "$R/softmax-w$w"; done
            timed softmax-default roofline profile --seq-len 8192 --ops softmax --variants triton --no-plots --out "$R/softmax-default" ;;
-    aa) for i in 1 2 3 4 5; do
-          timed "ci-a$i" roofline profile --seq-len 8192 $CI --no-plots --out "$R/aa/pair$i-a"
+    pair[1-9]) i=${step#pair}  # one A/A pair of CI-mode profiles, compared; then the deliberately slowed softmax against its A
+          timed "ci-a$i" env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 $CI --no-plots --out "$R/aa/pair$i-a"
           timed "ci-b$i" roofline profile --seq-len 8192 $CI --no-plots --out "$R/aa/pair$i-b"
-          timed "compare-aa$i" roofline compare "$R/aa/pair$i-a" "$R/aa/pair$i-b" --fail-on slower --json "$R/aa/pair$i.compare.json" --markdown - ; done ;;
-    regress) for i in 1 2 3 4 5; do
-          timed "slow$i" env ROOFLINE_SOFTMAX_WARPS=${SLOW_WARPS:-4} roofline profile --seq-len 8192 $CI --ops softmax --variants triton --no-plots --out "$R/aa/pair$i-slow-softmax"
-          timed "compare-slow$i" roofline compare "$R/aa/pair$i-a" "$R/aa/pair$i-slow-softmax" --fail-on slower --json "$R/aa/pair$i-slow.compare.json" --markdown - ; done ;;
+          timed "compare-aa$i" roofline compare "$R/aa/pair$i-a" "$R/aa/pair$i-b" --fail-on slower --json "$R/aa/pair$i.compare.json" --markdown -
+          for w in ${SLOW_WARPS:-2 4}; do
+            timed "slow$i-w$w" env ROOFLINE_SOFTMAX_WARPS=$w roofline profile --seq-len 8192 $CI --ops softmax --variants triton --no-plots --out "$R/aa/pair$i-slow-softmax-w$w"
+            timed "compare-slow$i-w$w" roofline compare "$R/aa/pair$i-a" "$R/aa/pair$i-slow-softmax-w$w" --fail-on slower --json "$R/aa/pair$i-slow-w$w.compare.json" --markdown -
+          done ;;
     ci8192) timed ci8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 $CI --out "$R/gpt-7b-s8192-ci" ;;
     cold8192) timed cold8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-cold" ;;
     warm8192) timed warm8192 env ROOFLINE_DEBUG=1 roofline profile --seq-len 8192 --out "$R/gpt-7b-s8192-warm" ;;

@@ -188,7 +188,8 @@ def summary_line(c: Comparison) -> str:
     counts = c.counts()
     verdicts = " · ".join(f"{counts[v]} {v}" for v in VERDICTS)
     measured = sum(counts[v] for v in VERDICTS)
-    judged = "rounds" if any(r.verdict.rounds for r in c.rows) else "one round: no row can gate"
+    judged = ("rounds" if any(r.verdict.rounds for r in c.rows) else
+              "one round: no row can gate" if measured else "no row measured in both runs")
     metric = " · % of roof" if c.metric == "roof" else ""
     return (f"{verdicts} · geomean speedup {fmt.ratio(c.geomean_speedup())} over {measured} rows measured in "
             f"both runs · threshold {100 * c.threshold:g} % · {judged}{metric}")

@@ -51,6 +51,7 @@ def compare(
 ) -> None:
     """Compare runs row by row: time ratio, % of each roof, and a SAME/FASTER/SLOWER/AMBIGUOUS verdict."""
     from roofline.analysis.compare import compare_files, device_name, to_json
+    from roofline.analysis.verdict import UNMEASURED
     from roofline.render.compare import print_comparison
     from roofline.render.markdown import compare_markdown
 
@@ -76,7 +77,10 @@ def compare(
         for c in comparisons:
             print_comparison(c, stdout)
     slower = sum(len(c.slower) for c in comparisons)
-    if fail_on == FailOn.slower and not any(r.verdict.rounds for c in comparisons for r in c.rows):
+    judged = [r for c in comparisons for r in c.rows if r.verdict.verdict != UNMEASURED]
+    if fail_on == FailOn.slower and not judged:
+        warn("no verdict can gate: no row was measured in both runs")
+    elif fail_on == FailOn.slower and not any(r.verdict.rounds for r in judged):
         warn("no verdict can gate: these runs have one round each, so their run-to-run spread is unknown "
              "(profile with --rounds 5 for CI)")
     if fail_on == FailOn.slower and slower:
