@@ -45,7 +45,7 @@ class BlockConfig:
     activation: str = "gelu"
     norm: str = "layernorm"
     dropout_p: float = 0.1
-    causal: bool = False
+    causal: bool = True
     n_experts: int = 0
     top_k: int = 0
     batch: int = 1

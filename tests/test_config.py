@@ -14,7 +14,7 @@ def test_gpt_7b_is_the_default_and_matches_the_dataclass_defaults() -> None:
     c = make_config()
     assert (c.name, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim) == ("gpt-7b", 4096, 32, 32, 128)
     assert c.ffn_dim == 4 * 4096
-    assert (c.activation, c.norm, c.causal) == ("gelu", "layernorm", False)
+    assert (c.activation, c.norm, c.causal) == ("gelu", "layernorm", True)  # GPT is a decoder
     assert c == BlockConfig()
 
 

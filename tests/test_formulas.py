@@ -11,9 +11,10 @@ from roofline.ops import BLOCK_ORDER, CATALOG, get_op, ops_for
 from roofline.ops.attention import is_causal
 
 TENSOR_OPS = [op.name for op in CATALOG if op.unit == "tensor"]
-# (model, overrides): MHA + GELU, GQA 6/2 + SwiGLU (causal preset), and GQA decode against a 41-token cache.
+# (model, overrides): MHA + GELU bidirectional (every pair counted), GQA 6/2 + SwiGLU causal, and GQA decode
+# against a 41-token cache.
 SHAPES = {
-    "gpt": ("gpt-7b", {}),
+    "gpt": ("gpt-7b", {"causal": False}),
     "llama": ("llama3-8b", {}),
     "llama-decode": ("llama3-8b", {"mode": "decode", "kv_cache_len": 41, "batch": 3}),
     "mixtral": ("mixtral-8x7b", {}),

@@ -74,7 +74,8 @@ def test_plan_is_dtype_by_seq_len_and_filters_attention_variants_only(tiny_model
 
     only = plan_sweep(tiny_model, [16], ["fp32"], block=False)
     assert {op.name for op, _ in only[0].items} == {"attention"}
-    assert len(only[0].items) == len(get_op("attention").variants)
+    prefill = only[0].config
+    assert len(only[0].items) == sum(v.applies(prefill) for v in get_op("attention").variants)  # split-KV: decode
     with pytest.raises(RooflineError, match="unknown attention variant 'flash'"):
         plan_sweep(tiny_model, [16], ["fp32"], variants=["flash"])
 
