@@ -293,13 +293,18 @@ def test_report_command_renders(results_files: list[Path], tmp_path: Path, capsy
     assert "Wrote" in capsys.readouterr().err
 
 
-def test_report_command_defaults_to_the_results_folder(results_files: list[Path], tmp_path: Path) -> None:
+def test_report_command_defaults_to_a_fresh_folder(results_files: list[Path], tmp_path: Path, monkeypatch) -> None:
+    """The run's own folder (maybe committed results) is never written over: reports/report-<run>, then -2…"""
     from roofline.cli import main
 
-    target = tmp_path / "results.json"
-    target.write_text(results_files[0].read_text())
-    assert main(["report", str(target), "--no-png", "--no-svg"]) == 0
-    assert (tmp_path / "report.html").is_file() and not (tmp_path / "roofline.png").exists()
+    run = tmp_path / "gpt-run"
+    run.mkdir()
+    (run / "results.json").write_text(results_files[0].read_text())
+    monkeypatch.chdir(tmp_path)
+    for folder in ("report-gpt-run", "report-gpt-run-2"):
+        assert main(["report", str(run / "results.json"), "--no-png", "--no-svg"]) == 0
+        assert (tmp_path / "reports" / folder / "report.html").is_file()
+    assert sorted(p.name for p in run.iterdir()) == ["results.json"]
 
 
 def _bad_files(real: Path) -> dict[str, str]:
@@ -343,7 +348,7 @@ def test_report_help_and_light_import() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     code, stdout, _ = run_cli(["report", "--help"])
-    assert code == 0 and "--no-html" in stdout and "RESULTS.json" in stdout
+    assert code == 0 and "--no-html" in stdout and "RESULTS" in stdout
 
 
 def test_counters_section_from_the_real_h100_counters_run(tmp_path: Path) -> None:
