@@ -76,8 +76,8 @@ def softmax_grads(shape: tuple[int, ...], dtype: torch.dtype, scale: float, caus
 @pytest.mark.parametrize("shape, scale, causal, block_size", [
     ((37, 200), 1.0, False, None),  # one block, odd width
     ((37, 200), -0.7, False, 64),  # looped: 4 blocks, the last one partial
-    ((5, 3, 67, 67), 0.125, True, None),  # causal, square
-    ((2, 3, 37, 50), 0.5, True, 16),  # causal, looped
+    ((2, 3, 67, 67), 0.125, True, None),  # causal, square
+    ((1, 2, 37, 50), 0.5, True, 16),  # causal, looped
     ((1, 2, 50, 37), 0.5, True, None),  # q_len > kv_len: the first 13 rows see nothing
 ])
 def test_softmax_backward_matches_autograd(shape: tuple[int, ...], scale: float, causal: bool,
@@ -137,9 +137,9 @@ def loss(values: dict[str, torch.Tensor], upstream: dict[str, torch.Tensor], out
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape, norm, bias, p", [
-    ((37, 200), "layernorm", True, 0.0),
-    ((37, 200), "layernorm", True, 0.2),
-    ((37, 200), "rmsnorm", False, 0.2),
+    ((19, 200), "layernorm", True, 0.0),
+    ((19, 200), "layernorm", True, 0.2),
+    ((19, 200), "rmsnorm", False, 0.2),
     ((2, 3, 129), "rmsnorm", True, 0.1),  # 6 rows over 6 programs; 129 columns in four quarters of 64
 ])
 def test_norm_backward_matches_autograd(shape: tuple[int, ...], norm: str, bias: bool, p: float,
@@ -191,7 +191,7 @@ def test_norm_grad_path_forward(norm: str) -> None:
 
 
 @pytest.mark.parametrize("split_rows, col_block, row_block", [
-    (8, 32, 4),  # 5 splits, the last of 5 rows; 7 column blocks, the last partial: partial sums, then torch's sum
+    (8, 32, 4),  # 3 splits, the last of 5 rows; 4 column blocks, the last partial: partial sums, then torch's sum
     (10, 64, 4),  # a split of 10 rows in tiles of 4: the last tile of each split is masked at the split's end
     (0, 128, 16),  # one split: the column programs write d_weight and d_bias themselves
 ])
@@ -203,7 +203,7 @@ def test_norm_backward_launch_shapes(split_rows: int, col_block: int, row_block:
     monkeypatch.setattr(norm_backward, "BACKWARD_COL_BLOCK", col_block)
     monkeypatch.setattr(norm_backward, "BACKWARD_ROW_BLOCK", row_block)
     for dtype in DTYPES if requires == LEAVES else [torch.float32]:  # bf16: the fp32 partials' sum, then a cast
-        for name, (got, want) in norm_grads((37, 200), dtype, "layernorm", True, 0.2, requires=requires).items():
+        for name, (got, want) in norm_grads((21, 100), dtype, "layernorm", True, 0.2, requires=requires).items():
             assert_grad_close(got, want, dtype, name)
             assert got is None or got.dtype == dtype
 
