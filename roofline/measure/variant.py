@@ -140,7 +140,7 @@ def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: Devi
         phases.mark(f"backward timing ({row.backward_samples} samples)")
     clocks = read_clocks(info)
     row.sm_clock_mhz, row.mem_clock_mhz, row.throttle = clocks.sm_clock_mhz, clocks.mem_clock_mhz, clocks.throttle
-    place_row(row, roofs)
+    place_row(row, roofs, op.roof)
     phases.report()
 
 
