@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 COMPUTE_COLOR = "#1f6fb4"  # compute-bound: the same hue in plots, the HTML report and the terminal (cyan)
 MEMORY_COLOR = "#c23b75"  # memory-bound (magenta in the terminal)
 COMM_COLOR = "#2f9e8f"  # communication (a collective's time)
+BUBBLE_COLOR = "#aab2bb"  # a pipeline step's bubble: stages idle, waiting for their neighbours
 BOUND_COLORS = {"compute": COMPUTE_COLOR, "memory": MEMORY_COLOR}
 KIND_COLORS = {**BOUND_COLORS, "comm": COMM_COLOR}
 GROUP_COLORS = {"attention": "#e08a00", "norm": "#2a9d5c", "ffn": "#7b52c7", "moe": "#8c5a2b"}
