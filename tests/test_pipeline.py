@@ -7,6 +7,7 @@ bad combinations are one line and exit 2; the terminal summary and the HTML repo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -24,6 +25,7 @@ from roofline.errors import RooflineError
 from roofline.measure.groups import coordinates, groups_of
 from roofline.ops import comm, describe, get_op, ops_for
 from roofline.render import html as report
+from roofline.render import report_context
 from roofline.results import Results
 
 LLAMA_TINY = {**TINY, "name": "tiny-llama", "activation": "swiglu", "norm": "rmsnorm", "causal": True}
@@ -245,3 +247,20 @@ def test_terminal_and_report_show_the_bubble(runs: dict[str, Results]) -> None:
     html = " ".join(report.report_html([res], {"roofline": "", "time_split": ""}).split())
     assert 'href="#pipeline"' in html and 'id="pipeline"' in html and "Bubble" in html
     assert f"4 × {res.run.device.name} ran 2 tiny-llama blocks as a 2-stage pipeline" in html
+
+
+def test_the_model_reads_a_single_device_profile_given_beside_the_run(runs: dict[str, Results]) -> None:
+    """`roofline report single.json pp.json`: the op profile of one device (here: the run's own rows, twice as slow,
+    as a one-device results file) feeds the model instead of the run's rows."""
+    res = runs["pp2"]
+    rows = [dataclasses.replace(r, time_median_s=2 * r.time_median_s if r.time_median_s else None, rank=None)
+            for r in res.rows if r.rank is None]
+    single = Results(run=dataclasses.replace(res.run, config=res.run.config.replace(pp=1, layers=1, microbatches=1),
+                                             parallel=None), rows=rows)
+    own, given = pipe.summarize(res), pipe.summarize(res, single)
+    p = res.run.parallel.pipeline
+    f, _ = pipe.profile_stage(single, 2, train=False)
+    assert given.from_profile_s == pytest.approx(pipe.simulate([f, f], None, p.transfer_s, 3).step_s)
+    assert given.from_profile_s > own.from_profile_s and given.from_stages_s == own.from_stages_s
+    sections = report_context.pipeline_sections([single, res])
+    assert len(sections) == 1 and "from the op profile, tiny · prefill · batch 1" in " ".join(sections[0]["lines"])

@@ -10,9 +10,10 @@ train) as dependent tasks — F(s, m) after F(s − 1, m) and one transfer, B(s,
 (the last stage's after its own F) — each stage running its tasks in its order, one at a time; the step ends with
 the last task. With equal stages f, b and transfer t, forwards only take (M + N − 1)f + (N − 1)t; 1F1B without
 transfer time (M + N − 1)(f + b), and with it at least 2(N − 1)t more: a stage holds at most N − s microbatches
-in flight, so in the steady state the round trip of an activation and its gradient can stall it too. It is fed twice: the stages' own times (measured alone), and the op profile
-(one block's ops at their baseline variants, the unfused block, × layers per stage: what a single-device profile
-predicts); each prediction is compared with the measured step.
+in flight, so in the steady state the round trip of an activation and its gradient can stall it too. The model is
+fed twice: the stages' own times (measured alone), and the op profile (one block's ops at their baseline variants,
+the unfused block, × layers per stage: what a single-device profile predicts); each prediction is compared with the
+measured step.
 
 Where the step went, per stage and then averaged over the stages: busy (its compute in the step, split into
 compute-bound, memory-bound and communication — its TP all-reduces — as its ops' rows split), communication
