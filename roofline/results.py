@@ -199,7 +199,7 @@ class Pipeline:
     p2p_s: list[float] = field(default_factory=list)
     error: float | None = None  # the pipeline's output vs the unsplit stack of layers (relative)
     tolerance: float | None = None
-    note: str = ""
+    note: str = ""  # e.g. why transfer_s is missing
 
 
 @dataclass

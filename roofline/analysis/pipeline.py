@@ -136,6 +136,7 @@ class PipelineSummary:
     profile_source: str
     error: float | None  # the pipeline's output vs the unsplit layers
     tolerance: float | None
+    note: str = ""
 
     def model_error(self, predicted: float | None) -> float | None:
         """(predicted − measured) / measured."""
@@ -168,7 +169,7 @@ def summarize(res: Results, profile: Results | None = None) -> PipelineSummary |
     return PipelineSummary(n, p.layers, m, p.schedule, p.step_s, split, split["bubble"] / p.step_s,
                            theory_bubble(n, m), model.bubble, model.step_s, from_profile,
                            "this run's op rows" if profile is None else fmt.describe_run(profile), p.error,
-                           p.tolerance)
+                           p.tolerance, p.note)
 
 
 def split_text(split: dict[str, float]) -> str:
@@ -197,4 +198,6 @@ def pipeline_lines(s: PipelineSummary) -> list[str]:
         ok = s.tolerance is None or s.error <= s.tolerance
         lines.append(f"Pipeline output vs the unsplit {s.layers} layers: relative error {s.error:.1e}"
                      + ("" if ok else f" — above the tolerance {s.tolerance:.0e}"))
+    if s.note:
+        lines.append(f"Note: {s.note}")
     return lines

@@ -198,8 +198,10 @@ def profile_rank(job: RankJob) -> None:
             pipe = measure_pipeline(c, info, job.settings, say)
             if pipe is not None:
                 p2p = run.results.find("p2p_activation")
-                pipe.transfer_s = p2p.time_median_s / (2 if c.mode == "train" else 1) if p2p and p2p.time_median_s \
-                    else None
+                if p2p and p2p.time_median_s:  # the row times both ways in train mode
+                    pipe.transfer_s = p2p.time_median_s / (2 if c.mode == "train" else 1)
+                else:
+                    pipe.note = "no p2p_activation row (--ops): the model counts no transfer time"
                 run.results.run.parallel.pipeline = pipe
                 run.add([])
                 say(f"pipeline step of {c.microbatches} microbatches: {fmt.seconds(pipe.step_s)}")

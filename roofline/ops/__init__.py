@@ -1,8 +1,10 @@
 """The op catalog: every op of the block in block order, each declared once in its family's module.
 
-One list gives the block order, the collectives of a tensor-parallel block (ops/comm.py) included, after the
-projections whose partial sums they add. `ops_for(config)` is the ops of one config: a collective applies only
-to a shard (config.tp > 1), so `profile`, `profile --tp N` and `roofline ops [--tp N]` all read this one place.
+One list gives the block order, the collectives of a parallel block (ops/comm.py) included: the TP all-reduces
+after the projections whose partial sums they add, then a pipeline stage's send/recv and DP's gradient all-reduce.
+`ops_for(config)` is the ops of one config: a collective applies only when its axis has several ranks (config.tp,
+.dp in train mode, .pp > 1), so `profile`, `profile --tp/--dp/--pp` and `roofline ops [--tp/--pp N]` all read this
+one place.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def describe(config: BlockConfig) -> list[dict[str, object]]:
         if op.replaces:
             formulas.append(f"replaces: {' → '.join(op.replaces)}")
         layers = 1 if op.group == "pipeline" else config.stage_layers
-        out.append({"name": op.name, "per_block": op.per_block * layers, "unit": op.unit,
+        out.append({"name": op.name, "group": op.group, "per_block": op.per_block * layers, "unit": op.unit,
                     "flops": op.step_flops(config), "min_bytes": op.step_bytes(config),
                     "variants": [(v.name, v.fused) for v in op.variants], "formulas": "\n".join(formulas)})
     return out
