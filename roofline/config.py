@@ -56,6 +56,9 @@ class BlockConfig:
     norm_eps: float = 1e-5
     tp: int = 1  # tensor-parallel ranks; when > 1 this config is one rank's shard (see `shard`)
     dp: int = 1  # data-parallel ranks (train mode): whole replicas, plus the gradients' all-reduce
+    pp: int = 1  # pipeline stages: `layers` blocks split into pp stages of layers/pp blocks, one stage per rank
+    layers: int = 1  # blocks in the model a pipeline runs (a profile's rows are one block's ops, per layer)
+    microbatches: int = 1  # per pipeline step, each of `batch` sequences (Megatron's micro-batch size = batch)
 
     @property
     def q_len(self) -> int:
@@ -91,6 +94,16 @@ class BlockConfig:
         if not self.causal or q == 1:
             return q * kv
         return sum(min(kv, i + kv - q + 1) for i in range(q)) if q < 65536 else q * kv // 2
+
+    @property
+    def stage_layers(self) -> int:
+        """Blocks one pipeline stage runs: layers / pp (validate requires pp to divide layers)."""
+        return self.layers // self.pp
+
+    @property
+    def ranks(self) -> int:
+        """The world a run of this config needs: tp · dp · pp ranks."""
+        return self.tp * self.dp * self.pp
 
     @property
     def dims(self) -> dict[str, int]:
@@ -162,6 +175,10 @@ def make_config(model: str = DEFAULT_MODEL, **overrides: object) -> BlockConfig:
     """A validated BlockConfig: the model preset, then every override that is not None."""
     values = load_model(model)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    pp = values.get("pp", 1)
+    if isinstance(pp, int) and pp > 1:  # a pipeline's defaults: 2 layers per stage, 4 microbatches per stage
+        values.setdefault("layers", 2 * pp)
+        values.setdefault("microbatches", 4 * pp)
     try:
         config = BlockConfig(**values)  # type: ignore[arg-type]
     except TypeError as exc:
@@ -171,7 +188,8 @@ def make_config(model: str = DEFAULT_MODEL, **overrides: object) -> BlockConfig:
 
 def validate(c: BlockConfig) -> BlockConfig:
     """Reject impossible shapes with one clear line (exit code 2), before anything is allocated."""
-    positive = ("d_model", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "batch", "seq_len", "tp", "dp")
+    positive = ("d_model", "n_heads", "n_kv_heads", "head_dim", "ffn_dim", "batch", "seq_len", "tp", "dp", "pp",
+                "layers", "microbatches")
     for field in positive:
         value = getattr(c, field)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -190,8 +208,7 @@ def validate(c: BlockConfig) -> BlockConfig:
         raise RooflineError(f"dropout_p must be in [0, 1), got {c.dropout_p}")
     if c.dp > 1 and c.mode != "train":
         raise RooflineError("--dp needs --mode train: data parallelism adds only the gradients' all-reduce")
-    if c.dp > 1 and c.tp > 1:
-        raise RooflineError("--dp and --tp do not combine yet: profile one of them at a time")
+    validate_pipeline(c)
     if c.mode == "train" and c.dtype == "fp8":
         raise RooflineError("train mode has no fp8 path (torch._scaled_mm has no backward); use bf16 or fp16")
     if c.mode == "decode" and c.kv_cache_len <= 0:
@@ -199,3 +216,23 @@ def validate(c: BlockConfig) -> BlockConfig:
     if c.n_experts and not 0 < c.top_k <= c.n_experts:
         raise RooflineError(f"top_k must be in 1..n_experts ({c.n_experts}), got {c.top_k}")
     return c
+
+
+def validate_pipeline(c: BlockConfig) -> None:
+    """--pp N, --layers L, --microbatches M: L blocks in N equal stages (no uneven split: every stage runs L/N
+    blocks, so that one profile of a block describes every stage), M microbatches of `batch` sequences each."""
+    if c.pp == 1:
+        if c.layers != 1 or c.microbatches != 1:
+            raise RooflineError("--layers and --microbatches describe a pipeline: they need --pp N (N ≥ 2)")
+        return
+    if c.pp > c.layers:
+        raise RooflineError(f"--pp {c.pp} needs at least {c.pp} layers, one per stage (got --layers {c.layers})")
+    if c.layers % c.pp:
+        raise RooflineError(f"--layers {c.layers} must be a multiple of --pp {c.pp}: every stage runs the same "
+                            "number of blocks")
+    if c.mode == "decode":
+        raise RooflineError("--pp runs prefill or train steps (a decode pipeline needs the KV cache per stage)")
+    if c.n_experts:
+        raise RooflineError("--pp needs a dense block: the pipeline's stages run the dense block (no MoE yet)")
+    if c.dtype == "fp8":
+        raise RooflineError("--pp has no fp8 path (the stages run plain matmuls); use bf16 or fp16")

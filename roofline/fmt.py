@@ -80,7 +80,7 @@ def run_fields(results: Results) -> list[str]:
     """The run in a few words, most general first: model, mode, batch, shape, dtype, device."""
     c = results.run.config
     shape = f"seq {c.seq_len}" if c.mode != "decode" else f"kv {c.kv_len}"
-    parallel = [f"{name.upper()}={getattr(c, name)}" for name in ("tp", "dp") if getattr(c, name) > 1]
+    parallel = [f"{name.upper()}={getattr(c, name)}" for name in ("tp", "dp", "pp") if getattr(c, name, 1) > 1]
     return [c.name, c.mode, *parallel, f"batch {c.batch}", shape, c.dtype, results.run.device.name]
 
 

@@ -8,7 +8,8 @@ old file renders the same tomorrow, without the catalog (and without torch).
 
 Schema versions: 2 adds `run.fusion_groups`, `run.parallel` (was `tp`, `dp`, `ranks`, `backend`, `interconnect`
 at the top of `run`) and `run.moe`; version 1 files are read and upgraded on load (their fusion groups are the
-ones the catalog had then, LEGACY_FUSION_GROUPS).
+ones the catalog had then, LEGACY_FUSION_GROUPS). Fields added since (`parallel.pp`, `.links`, `.pipeline`, the
+config's `pp`, `layers`, `microbatches`) have defaults: a file without them reads as a run without a pipeline.
 """
 
 from __future__ import annotations
@@ -177,14 +178,49 @@ LEGACY_FUSION_GROUPS = (FusionGroup("softmax", ("softmax",), "softmax"),
 
 
 @dataclass
+class Pipeline:
+    """What `profile --pp N` measured of the pipeline itself, beside the per-op rows: the stages alone, then a real
+    step of the schedule (analysis/pipeline.py turns it into the bubble, the time split and the model check).
+
+    Times per stage are in stage order. A stage's forward/backward is one microbatch through its layers, the slowest
+    of the stage's ranks; busy_s / p2p_s are what each stage spent, inside the measured step, computing and in its
+    sends/receives (median step, mean over the stage's ranks). step_s is the whole step, barrier to the last rank's
+    end: every microbatch's forward (and, in train, backward) through every stage; the DP gradients' all-reduce
+    comes after the step and is not in it (its own row).
+    """
+
+    stages: int = 1
+    layers: int = 1
+    microbatches: int = 1
+    schedule: str = "1F1B"  # "1F1B" (train: one forward, one backward) | "forward" (prefill: forwards only)
+    forward_s: list[float] = field(default_factory=list)
+    backward_s: list[float] = field(default_factory=list)  # [] outside train mode
+    transfer_s: float | None = None  # one microbatch's activation across one boundary (the p2p row, one way)
+    step_s: float | None = None  # median of step_samples_s
+    step_samples_s: list[float] = field(default_factory=list)
+    busy_s: list[float] = field(default_factory=list)
+    p2p_s: list[float] = field(default_factory=list)
+    error: float | None = None  # the pipeline's output vs the unsplit stack of layers (relative)
+    tolerance: float | None = None
+    note: str = ""  # e.g. why transfer_s is missing
+
+
+@dataclass
 class Parallel:
-    """Several ranks (`profile --tp N` / `--dp N`): how many, over what, and the interconnect roof they measured."""
+    """Several ranks (`profile --tp/--dp/--pp`): how many, over what, the roofs they measured and the pipeline.
+
+    interconnect: the link of the run's first axis (TP, else DP, else PP), as runs before `links` saved it;
+    links: each axis's link ("tp", "dp", "pp"), measured over that axis's group.
+    """
 
     tp: int = 1
     dp: int = 1
     ranks: int = 1
     backend: str = ""
     interconnect: dict[str, Any] = field(default_factory=dict)
+    pp: int = 1
+    links: dict[str, Any] = field(default_factory=dict)
+    pipeline: Pipeline | None = None
 
 
 @dataclass

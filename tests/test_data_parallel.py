@@ -1,6 +1,7 @@
 """Parallelism in train mode on the CPU (gloo, 2 processes, a tiny block): `profile --dp 2` (whole replicas plus
 the gradients' all-reduce) and `profile --tp 2 --mode train` (each all-reduce row is the forward's and the
-backward's conjugate one); the parameter count behind the gradients' all-reduce; bad combinations."""
+backward's conjugate one); the parameter count behind the gradients' all-reduce; TP × DP; bad combinations
+(pipelines combined with both: test_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -51,11 +52,20 @@ def test_the_gradients_all_reduce_is_an_op_of_data_parallel_training_only() -> N
 
 
 @pytest.mark.parametrize("overrides, needle", [({"dp": 2}, "--dp needs --mode train"),
-                                               ({"dp": 2, "tp": 2, "mode": "train"}, "do not combine"),
+                                               ({"dp": 2, "pp": 2}, "--dp needs --mode train"),
                                                ({"dp": 0, "mode": "train"}, "dp must be a positive")])
 def test_bad_data_parallel_configs(overrides: dict[str, object], needle: str) -> None:
     with pytest.raises(RooflineError, match=needle):
         make_config("gpt-7b", **overrides)
+
+
+def test_tp_and_dp_combine() -> None:
+    """TP × DP: each replica a TP shard; the gradients' all-reduce moves the shard's parameters over the DP group."""
+    c = make_config("gpt-7b", mode="train", dp=2).shard(4)
+    assert (c.tp, c.dp, c.ranks) == (4, 2, 8)
+    names = [op.name for op in ops_for(c)]
+    assert {"allreduce_out_proj", "allreduce_ffn_down", "allreduce_grads"} <= set(names)
+    assert comm.GRADIENTS.elements(c) < comm.GRADIENTS.elements(c.replace(n_heads=32, n_kv_heads=32, ffn_dim=16384))
 
 
 def test_dp_without_train_on_the_command_line_is_one_line_and_exit_2(capsys) -> None:

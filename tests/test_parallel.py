@@ -237,7 +237,9 @@ def test_calibrate_interconnect_measures_and_caches(cpu_info) -> None:
     found = interconnect.calibrate_interconnect(cpu_info, ranks=(2,), size_bytes=1 << 16, force=True,
                                            budget_s=0.05, say=said.append)
     link = found[2]["collectives"]
-    assert set(link) == {"all_reduce", "all_gather", "reduce_scatter"}
+    assert set(link) == {"all_reduce", "all_gather", "reduce_scatter", "p2p"}
+    assert link["p2p"]["busbw"] == pytest.approx(link["p2p"]["algbw"])  # one way over one link: no factor
+    assert link["p2p"]["busbw"] > 0
     assert link["all_reduce"]["busbw"] == pytest.approx(link["all_reduce"]["algbw"])  # 2(n−1)/n = 1 at n = 2
     assert link["all_gather"]["busbw"] == pytest.approx(link["all_gather"]["algbw"] / 2)  # (n−1)/n
     assert json.loads(interconnect.interconnect_path(cpu_info, 2).read_text()) == found[2]

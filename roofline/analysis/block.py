@@ -19,7 +19,8 @@ from roofline.analysis.fusion import unfused_block
 from roofline.results import Results, Row
 
 KINDS = ("compute", "memory", "comm")
-KIND_NAMES = {"compute": "compute-bound", "memory": "memory-bound", "comm": "communication"}
+KIND_NAMES = {"compute": "compute-bound", "memory": "memory-bound", "comm": "communication",
+              "bubble": "bubble"}  # a pipeline step's idle time (analysis/pipeline.py)
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,10 @@ def _block_op(row: Row, label: str | None = None, replaced_s: float | None = Non
 
 
 def block_before(results: Results) -> list[BlockOp]:
-    """The unfused block in block order: each plain op measured ok, at its baseline variant."""
-    return [_block_op(row) for row in unfused_block(results) if row.bound in ("compute", "memory")]
+    """The unfused block in block order: each plain op measured ok, at its baseline variant. A pipeline's send/recv
+    (group "pipeline") is not part of a block: it runs once per stage and microbatch (analysis/pipeline.py)."""
+    return [_block_op(row) for row in unfused_block(results)
+            if row.bound in ("compute", "memory") and row.group != "pipeline"]
 
 
 def _fastest(results: Results, op: str, fused_only: bool) -> Row | None:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from roofline import fmt
 from roofline.results import Row
 
-COMM_ROOF = "comm.busbw"  # a collective's roof: the interconnect's bus bandwidth (NCCL-tests convention)
+COMM_ROOF = "comm.busbw"  # a TP collective's roof: the interconnect's bus bandwidth (NCCL-tests convention)
+DP_ROOF = "comm.busbw.dp"  # the gradients' all-reduce: the bus bandwidth across the DP group
+P2P_ROOF = "comm.p2p"  # a pipeline's send/recv: point-to-point bandwidth between neighbouring stages
 ROOF_ERROR = 0.05  # how well a roof is known: a row above its roof by more than this is suspect, not a result
 NO_WORK_PCT = 300.0  # this far above its roof, the timed call cannot have done the op's work
 
@@ -81,11 +83,15 @@ class Roofs:
     datasheet_bandwidth: float
     measured_flops: dict[str, float]
     measured_bandwidth: float
-    interconnect_bandwidth: float = 0.0  # `profile --tp`: all-reduce bus bandwidth across the ranks (comm.busbw)
+    interconnect_bandwidth: float = 0.0  # `profile --tp`: all-reduce bus bandwidth across the TP group (comm.busbw)
     interconnect_source: str = ""
+    dp_bandwidth: float = 0.0  # `profile --dp`: all-reduce bus bandwidth across the DP group (comm.busbw.dp)
+    dp_source: str = ""
+    p2p_bandwidth: float = 0.0  # `profile --pp`: send/recv bandwidth between neighbouring stages (comm.p2p)
+    p2p_source: str = ""
 
     def peak(self, key: str) -> tuple[float, str]:
-        if key == COMM_ROOF:  # a collective's reduction adds run on the CUDA cores
+        if key.startswith("comm."):  # a collective's reduction adds run on the CUDA cores
             key = "vector.fp32"
         for flops, source in ((self.measured_flops, "measured"), (self.datasheet_flops, "datasheet")):
             if key in flops:
@@ -95,8 +101,11 @@ class Roofs:
         return best, "nearest"
 
     def bandwidth(self, key: str = "") -> tuple[float, str]:
-        if key == COMM_ROOF:
-            return self.interconnect_bandwidth or float("nan"), self.interconnect_source or "none"
+        links = {COMM_ROOF: (self.interconnect_bandwidth, self.interconnect_source),
+                 DP_ROOF: (self.dp_bandwidth, self.dp_source), P2P_ROOF: (self.p2p_bandwidth, self.p2p_source)}
+        if key in links:
+            bandwidth, source = links[key]
+            return bandwidth or float("nan"), source or "none"
         if self.measured_bandwidth:
             return self.measured_bandwidth, "measured"
         return self.datasheet_bandwidth, "datasheet"
@@ -123,9 +132,10 @@ def suspect_cause(row: Row) -> tuple[str, str]:
                     "calibration that missed its shape: `roofline calibrate --force`)")
 
 
-def place_row(row: Row, roofs: Roofs) -> None:
-    """Fill the roofline columns of a timed row, and say why it is suspect if it sits above its roof."""
-    row.ceiling = ceiling_key(row.unit, row.dtype)
+def place_row(row: Row, roofs: Roofs, key: str = "") -> None:
+    """Fill the roofline columns of a timed row under the roof `key` (default: its unit's at its dtype), and say
+    why it is suspect if it sits above that roof."""
+    row.ceiling = key or ceiling_key(row.unit, row.dtype)
     peak, source = roofs.peak(row.ceiling)
     bandwidth, bw_source = roofs.bandwidth(row.ceiling)
     row.ceiling_source = source if source == bw_source else f"{source} compute, {bw_source} memory"

@@ -33,9 +33,10 @@ def split_line(res: Results) -> str:
     total = sum(split.values())
     if not total:
         return ""
-    n, dp = ranks(res), res.run.config.dp
-    label = f"DP={dp}" if dp > 1 else f"TP={n}"
-    return (f"{label} block{' (slowest rank per op)' if n != 1 or dp > 1 else ''}: {fmt.seconds(total)}, "
+    c = res.run.config
+    label = " ".join(f"{name.upper()}={getattr(c, name)}" for name in ("tp", "dp", "pp") if getattr(c, name) > 1)
+    several = c.tp * c.dp * c.pp > 1
+    return (f"{label or 'TP=1'} block{' (slowest rank per op)' if several else ''}: {fmt.seconds(total)}, "
             f"{split_text(split, comm=True)}")
 
 

@@ -46,7 +46,7 @@ def calibrate(
          f"({ceilings.cache_path(dev)})")
     if out:
         ceilings.save(measured, writable_dir(out) / "ceilings.json")
-    if dev.kind == "cuda" and torch.cuda.device_count() > 1:  # the interconnect roof for `profile --tp N`
+    if dev.kind == "cuda" and torch.cuda.device_count() > 1:  # the interconnect roofs of `profile --tp/--dp/--pp`
         from roofline.measure.interconnect import calibrate_interconnect
 
         calibrate_interconnect(dev, force=force, say=info)

@@ -66,6 +66,11 @@ def profile(
                                     "each profiling its Megatron shard; results merged.")] = 1,
     dp: Annotated[int, typer.Option("--dp", help="Data-parallel ranks (--mode train): whole replicas plus the "
                                     "gradients' all-reduce; results merged.")] = 1,
+    pp: Annotated[int, typer.Option("--pp", help="Pipeline stages: --layers blocks split into N stages, one per "
+                                    "rank; the send/recv between stages and a 1F1B step measured.")] = 1,
+    layers: Annotated[int | None, typer.Option("--layers", help="Blocks in the pipeline (--pp; default 2·N).")] = None,
+    microbatches: Annotated[int | None, typer.Option("--microbatches", help="Microbatches per pipeline step, each "
+                                                     "of --batch sequences (--pp; default 4·N).")] = None,
 ) -> None:
     """Profile every op of one Transformer block on this device and place it on the roofline."""
     from roofline.config import make_config
@@ -75,8 +80,9 @@ def profile(
     t_start = time.perf_counter()
     dev = detected(device)
     config = make_config(model, seq_len=seq_len, batch=batch, dtype=dtype or ("bf16" if dev.kind == "cuda" else "fp32"),
-                         mode=mode, kv_cache_len=kv_len, causal=causal, dp=dp)
-    if tp != 1 or dp != 1:
+                         mode=mode, kv_cache_len=kv_len, causal=causal, dp=dp, pp=pp, layers=layers,
+                         microbatches=microbatches)
+    if tp != 1 or dp != 1 or pp != 1 or _launched_world() > 1:
         return _profile_ranks(config.shard(tp), dev, csv_list(ops), csv_list(variants), out, json_out, csv_out,
                               budget, calibrate, plots, seed, counters or bool(ncu), device, rounds)
     items = plan(config, csv_list(ops), csv_list(variants))
@@ -156,25 +162,41 @@ def render_files(results_list: list[Results], out_dir: Path) -> None:
         warn(f"could not render plots/report: {exc}")
 
 
+def _launched_world() -> int:
+    """The world size an external launcher (torchrun, SLURM) started this process in; 0 when none did."""
+    from roofline.measure.ranks import external_world
+
+    world = external_world()
+    return world[1] if world else 0
+
+
 def _profile_ranks(shard: BlockConfig, dev: DeviceInfo, ops: list[str] | None, variants: list[str] | None,
                    out: Path | None, json_out: str | None, csv_out: str | None, budget: float | None, calibrate: bool,
                    plots: bool, seed: int, counters: bool, device: str | None, rounds: int = 1) -> None:
-    """`profile --tp N` / `--dp N`: one rank per GPU (or CPU process); the table shows each op's slowest rank."""
+    """`profile --tp/--dp/--pp`: one rank per GPU (or CPU process), started here or by an external launcher (then
+    only rank 0 prints and writes); the table shows each op's slowest rank."""
     from roofline.analysis.scaling import split_line
     from roofline.measure import session
-    from roofline.measure.parallel import profile_ranks
+    from roofline.measure.parallel import join_world, profile_ranks
     from roofline.ops import plan
 
     if counters:
-        raise RooflineError("--counters does not combine with --tp/--dp (count one GPU's kernels without them)")
+        raise RooflineError("--counters does not combine with --tp/--dp/--pp (count one GPU's kernels without them)")
     if device not in (None, "cpu", "cuda"):
-        raise RooflineError(f"--tp runs one rank per GPU cuda:0..N-1: use --device cuda or cpu, not {device}")
+        raise RooflineError(f"parallel runs use one rank per GPU cuda:0..N-1: use --device cuda or cpu, not {device}")
     if not plan(shard, ops, variants):
         raise RooflineError("nothing to measure: --ops/--variants selected no (op, variant) of this model")
-    flag = f"tp{shard.tp}" if shard.tp > 1 else f"dp{shard.dp}"
-    out_dir = writable_dir(out or default_out_dir(dev.slug, shard, f"-{flag}"))
-    res = profile_ranks(shard, dev, ops, variants, out_dir, list(command_line),
-                        session.settings_for(dev, budget, seed, rounds), calibrate, quiet_listener())
+    flag = "-".join(f"{name}{getattr(shard, name)}" for name in ("tp", "dp", "pp") if getattr(shard, name) > 1)
+    out_dir = writable_dir(out or default_out_dir(dev.slug, shard, f"-{flag or 'ranks'}"))
+    settings = session.settings_for(dev, budget, seed, rounds)
+    if _launched_world():
+        found = join_world(shard, dev, ops, variants, out_dir, list(command_line), settings, calibrate)
+        if found is None:  # not rank 0: rank 0 writes and prints
+            return
+        res = found
+    else:
+        res = profile_ranks(shard, dev, ops, variants, out_dir, list(command_line), settings, calibrate,
+                            quiet_listener())
     slowest = Results(run=res.run, rows=[r for r in res.rows if r.rank is None])
     show(slowest, out_dir, json_out, csv_out, plots)  # --json/--csv: the max rows; results.json: all
     if "-" not in (json_out, csv_out):

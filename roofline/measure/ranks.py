@@ -1,6 +1,7 @@
 """Ranks: local processes started with torch elastic (what `torchrun --standalone` does), one per GPU with NCCL
-(NVLink multicast off: NCCL_NVLS_ENABLE=0 in every rank) or N CPU processes with gloo; and the timer for
-collectives, which every rank must call the same number of times.
+(NVLink multicast off: NCCL_NVLS_ENABLE=0 in every rank) or N CPU processes with gloo, or the world an external
+launcher (torchrun, SLURM) started, which a rank joins (`external_world`); and the timer for collectives, which
+every rank of a group must call the same number of times.
 """
 
 from __future__ import annotations
@@ -73,19 +74,44 @@ def _launch(n: int, fn: Callable[..., T], *args: object) -> dict[int, T]:
             log.setLevel(level)
 
 
+SLURM_ENV = {"RANK": "SLURM_PROCID", "WORLD_SIZE": "SLURM_NTASKS", "LOCAL_RANK": "SLURM_LOCALID"}
+
+
+def external_world() -> tuple[int, int] | None:
+    """(rank, world size) when an external launcher started this process as one rank of a world: torchrun (and
+    `srun torchrun`) set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; plain `srun` sets SLURM_PROCID and
+    SLURM_NTASKS, which count when the batch script exported MASTER_ADDR and MASTER_PORT (they are copied into
+    the torch names). None otherwise: the tool starts its own ranks."""
+    if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+        return None
+    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ:
+        for torch_name, slurm_name in SLURM_ENV.items():
+            os.environ.setdefault(torch_name, os.environ.get(slurm_name, "0"))
+        tasks = os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # "4(x2)": 4 per node on 2 nodes
+        os.environ.setdefault("LOCAL_WORLD_SIZE", tasks if tasks.isdigit() else "1")
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
 def start_rank(kind: str) -> DeviceInfo:
     """In a launched rank: join the process group (NCCL on the rank's GPU, or gloo) and detect the device."""
     from roofline.measure.device import detect
 
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-    local, n = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if kind == "cuda":
         torch.cuda.set_device(local)
         dist.init_process_group("nccl", timeout=rank_timeout(), device_id=torch.device("cuda", local))
         return detect(f"cuda:{local}")
-    torch.set_num_threads(rank_threads(n))  # the ranks share the cores
+    torch.set_num_threads(rank_threads(local_ranks()))  # the node's ranks share its cores
     dist.init_process_group("gloo", timeout=rank_timeout())
     return detect("cpu")
+
+
+def local_ranks() -> int:
+    """Ranks on this node: LOCAL_WORLD_SIZE (torchrun, torch elastic), else the world."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE") or 1)
 
 
 def rank_threads(n: int) -> int:
@@ -100,23 +126,29 @@ def from_rank0(fn: Callable[[], T]) -> T:
     return box[0]  # type: ignore[return-value]
 
 
-def agreed_max(values: list[float], device: torch.device) -> list[float]:
+def agreed_max(values: list[float], device: torch.device, group: dist.ProcessGroup | None = None) -> list[float]:
+    """The element-wise max over the group's ranks (None: the world)."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return t.tolist()
 
 
 class CollectiveTimer(Timer):
-    """The Timer for collectives, which every rank must call the same number of times.
+    """The Timer for collectives, which every rank of its group must call the same number of times.
 
-    Each sample starts after a barrier (the ranks enter together); a sample's time is the max over ranks (a
-    collective is done when its slowest rank is); the stopping rule reads a clock agreed across ranks. So all
-    ranks take the same samples and stop together. GPU: CUDA events; CPU (gloo): perf_counter.
+    Each sample starts after a barrier of the group (its ranks enter together); a sample's time is the max over
+    the group's ranks (a collective is done when its slowest rank is); the stopping rule reads a clock agreed
+    across them. So the group's ranks take the same samples and stop together, while other groups (the other TP
+    groups of a TP × PP run) time their own collectives beside them. GPU: CUDA events; CPU (gloo): perf_counter.
     """
+
+    def __init__(self, device: torch.device, cache_bytes: int = 0, group: dist.ProcessGroup | None = None) -> None:
+        super().__init__(device, cache_bytes)
+        self.group = group
 
     def warm_up(self, fn: Callable[[], object], first_call_s: float, target_s: float = 0.03,
                 setup: Callable[[], object] = lambda: None) -> None:
-        slowest = agreed_max([first_call_s], self.device)[0]
+        slowest = agreed_max([first_call_s], self.device, self.group)[0]
         for _ in range(0 if slowest > 0.5 else min(100, max(1, int(target_s / max(slowest, 1e-6))))):
             setup()
             fn()
@@ -130,14 +162,14 @@ class CollectiveTimer(Timer):
                 self._flush.zero_()
             setup()
             self.sync()
-            dist.barrier()
+            dist.barrier(group=self.group)
             times += super().run_batch(fn, 1, flush=False)
-        return agreed_max(times, self.device)
+        return agreed_max(times, self.device, self.group)
 
     def time(self, fn: Callable[[], object], budget_s: float, min_samples: int,
              setup: Callable[[], object] = lambda: None, first_s: float | None = None) -> TimingStats:
         """Agreed samples only: a first call (first_s) happened on each rank at its own time, it is not one."""
         return sample_until_stable(lambda k: self.run_batch(fn, k, setup=setup), budget_s, min_samples,
-                                   clock=lambda: agreed_max([time.perf_counter()], self.device)[0])
+                                   clock=lambda: agreed_max([time.perf_counter()], self.device, self.group)[0])
 
 

@@ -140,7 +140,7 @@ def _measure_into(row: Row, op: Op, variant: Variant, c: BlockConfig, info: Devi
     if closures is not None:
         _time_backward(row, closures, timer, settings)
         phases.mark(f"backward timing ({row.backward_samples} samples)")
-    place_row(row, roofs)
+    place_row(row, roofs, op.roof)
     phases.report()
 
 

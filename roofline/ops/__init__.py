@@ -1,8 +1,10 @@
 """The op catalog: every op of the block in block order, each declared once in its family's module.
 
-One list gives the block order, the collectives of a tensor-parallel block (ops/comm.py) included, after the
-projections whose partial sums they add. `ops_for(config)` is the ops of one config: a collective applies only
-to a shard (config.tp > 1), so `profile`, `profile --tp N` and `roofline ops [--tp N]` all read this one place.
+One list gives the block order, the collectives of a parallel block (ops/comm.py) included: the TP all-reduces
+after the projections whose partial sums they add, then a pipeline stage's send/recv and DP's gradient all-reduce.
+`ops_for(config)` is the ops of one config: a collective applies only when its axis has several ranks (config.tp,
+.dp in train mode, .pp > 1), so `profile`, `profile --tp/--dp/--pp` and `roofline ops [--tp/--pp N]` all read this
+one place.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ _BY_NAME = {op.name: op for op in (*norm.OPS, *attention.OPS, *ffn.OPS, *moe.OPS
 BLOCK_ORDER: tuple[Op, ...] = tuple(_BY_NAME[name] for name in (
     "layernorm", "rmsnorm", "qkv_proj", "qk_t", "softmax", "attn_v", "attention", "out_proj", "allreduce_out_proj",
     "dropout", "residual_add", "residual_dropout_norm", "ffn_up", "gelu", "swiglu", "ffn_down",
-    "moe_router", "moe_experts", "allreduce_ffn_down", "allreduce_grads",
+    "moe_router", "moe_experts", "allreduce_ffn_down", "p2p_activation", "allreduce_grads",
 ))
 assert len(BLOCK_ORDER) == len(_BY_NAME), "every declared op must have a place in the block order"
 
@@ -62,7 +64,9 @@ def gemm_shapes(config: BlockConfig) -> tuple[tuple[int, int, int], ...]:
 
 def describe(config: BlockConfig) -> list[dict[str, object]]:
     """The block's ops as plain data for `roofline ops`: name, unit, FLOPs and bytes at this config, variants
-    (name, fused), and the formulas exactly as declared (train mode: the backward's too)."""
+    (name, fused), and the formulas exactly as declared (train mode: the backward's too). per_block: how often one
+    rank runs the op per microbatch: its times per block × the layers of a pipeline stage (1 for the stage's
+    send/recv, which runs once per microbatch)."""
     out = []
     for op in ops_for(config):
         formulas = [op.doc, f"FLOPs = {op.flops.text}", f"bytes = {op.min_bytes.text}"]
@@ -71,9 +75,10 @@ def describe(config: BlockConfig) -> list[dict[str, object]]:
         if op.replaces:
             here = {o.name for o in ops_for(config)}
             formulas.append(f"replaces: {' → '.join(n for n in op.replaces if n in here)}")
-        out.append({"name": op.name, "per_block": op.per_block, "unit": op.unit, "flops": op.step_flops(config),
-                    "min_bytes": op.step_bytes(config), "variants": [(v.name, v.fused) for v in op.variants],
-                    "formulas": "\n".join(formulas)})
+        layers = 1 if op.group == "pipeline" else config.stage_layers
+        out.append({"name": op.name, "group": op.group, "per_block": op.per_block * layers, "unit": op.unit,
+                    "flops": op.step_flops(config), "min_bytes": op.step_bytes(config),
+                    "variants": [(v.name, v.fused) for v in op.variants], "formulas": "\n".join(formulas)})
     return out
 
 

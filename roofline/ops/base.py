@@ -128,6 +128,8 @@ class Op:
     gradient of every differentiable output; None for an op with no backward (the collectives).
     grad_check(config, inputs, output, grads, grad_output, rows) -> relative error of the input gradients, for
     ops whose reference cannot be differentiated (dropout: the reference does not know the random mask).
+    roof: a collective's own roof, that of its process group's link ("comm.busbw" for TP, "comm.busbw.dp",
+    "comm.p2p"); other ops meet the roof of their unit at their dtype.
     """
 
     name: str
@@ -147,6 +149,7 @@ class Op:
     backward_bytes: Formula | None = None
     grad_check: Callable[..., float] | None = None
     gemm_shape: Callable[[BlockConfig], tuple[int, int, int]] | None = None  # (M, N, K) of a plain matmul op
+    roof: str = ""  # the ceiling a collective meets (analysis/placement keys); "" = by unit and dtype
 
     def step_flops(self, c: BlockConfig) -> int:
         """FLOPs of the work a row times: the forward, plus the backward in train mode."""

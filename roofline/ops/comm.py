@@ -1,5 +1,6 @@
-"""Collectives of a tensor-parallel block: the all-reduces after the row-parallel projections, and the
-all-gather and reduce-scatter that measure the interconnect (`parallel.calibrate_interconnect`).
+"""Collectives of a parallel block: the all-reduces after the row-parallel projections (TP), the gradients'
+all-reduce (DP), the activation's send/recv between pipeline stages (PP), and the all-gather and reduce-scatter
+that measure the interconnect (`interconnect.calibrate_interconnect`).
 
 Under Megatron tensor parallelism over n ranks (BlockConfig.tp = n, see BlockConfig.shard) each rank ends the
 output projection and FFN-down with a partial [tokens, d_model] sum; an all-reduce adds the n partials, and
@@ -25,18 +26,27 @@ Conventions, those of NCCL-tests ("bus bandwidth"), for a buffer of M elements (
   sub-layer (Megatron's conjugate f and g), the same [T, d_model] size. Under data parallelism
   (`profile --dp N`) the ranks hold whole replicas and one more collective runs: the all-reduce of the block's
   weight gradients (DDP's, here one bucket, not overlapped with the backward as DDP would), in the run's dtype.
+- Process groups: each collective runs on its own axis's group (`Axis`, set by measure/groups.py: TP, DP, PP;
+  Megatron's layout, TP fastest), and meets that group's roof: a TP all-reduce "comm.busbw", the gradients'
+  all-reduce "comm.busbw.dp", the stage boundary's send/recv "comm.p2p" (analysis/placement.Roofs).
+- Pipeline parallelism (`profile --pp N`): at a stage boundary one microbatch's activation [T, d_model] goes to
+  the next stage (and in train mode its gradient comes back), point to point: min_bytes = T·d·out_bytes per
+  direction, what one link carries, no FLOPs. Every stage posts its send and its receive together (stage 0
+  only sends, the last only receives); the row is the slowest stage's. Check: stage s sends base·(s + 1) and
+  must receive base·s (its gradient: −base·(s + 2)).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from roofline.config import BlockConfig
-from roofline.ops.base import TORCH_DTYPES, Formula, Inputs, Op, Variant
+from roofline.ops.base import TORCH_DTYPES, Formula, Inputs, Op, Variant, relative_error, take_rows
 from roofline.ops.linear import FP8_OUT_DTYPE, out_bytes
 
 # torch ≥ 2.11 renamed the tensor collectives (the old names warn).
@@ -45,14 +55,80 @@ _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_sc
 
 
 @dataclass(frozen=True)
+class Axis:
+    """The ranks a collective of one axis (tp, dp, pp) spans from this rank: its process group (None: the world)
+    and their global ranks in group order (a pipeline's stages, first to last)."""
+
+    group: dist.ProcessGroup | None
+    ranks: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.ranks)
+
+    @property
+    def position(self) -> int:
+        """This rank's index in the group: its TP rank, DP replica or pipeline stage."""
+        return self.ranks.index(dist.get_rank()) if dist.is_initialized() else 0
+
+    def neighbour(self, step: int) -> int | None:
+        """The global rank `step` places along the axis (the next stage: +1), None past either end."""
+        k = self.position + step
+        return self.ranks[k] if 0 <= k < self.size else None
+
+
+_AXES: dict[str, Axis] = {}
+
+
+def axis(name: str) -> Axis:
+    """This rank's group of axis `name` ("tp", "dp", "pp"), as measure/groups.py set it; the world otherwise."""
+    if name in _AXES:
+        return _AXES[name]
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return Axis(None, tuple(range(world)))
+
+
+def set_axes(axes: dict[str, Axis]) -> None:
+    """The process groups of this rank's axes (measure/groups.py); {} goes back to the world for every axis."""
+    _AXES.clear()
+    _AXES.update(axes)
+
+
+@contextlib.contextmanager
+def axes_bound(**axes: Axis) -> Iterator[None]:
+    """Run an axis's collectives on another group for a while (the DP group's all-reduce roof measured with the
+    all-reduce op of the TP axis)."""
+    saved = dict(_AXES)
+    _AXES.update(axes)
+    try:
+        yield
+    finally:
+        set_axes(saved)
+
+
+FLAGS = {"tp": "--tp", "dp": "--dp", "pp": "--pp"}
+
+
+@dataclass(frozen=True)
 class Buffer:
-    """The [rows, d_model] tensor a collective moves, and the ranks it spans."""
+    """The [rows, d_model] tensor a collective moves, the ranks it spans and the axis whose group they are."""
 
     rows: Callable[[BlockConfig], int]
     ranks: Callable[[BlockConfig], int]
+    axis: str = "tp"
 
     def elements(self, c: BlockConfig) -> int:
         return self.rows(c) * c.d_model
+
+    def needs_ranks(self, c: BlockConfig, device: torch.device) -> str | None:
+        """A collective needs its axis's process group, of exactly the ranks the config says."""
+        if dist.is_initialized() and axis(self.axis).size == self.ranks(c):
+            return None
+        n = self.ranks(c)
+        return f"needs {n} ranks in a process group (roofline profile {FLAGS[self.axis]} {n})"
+
+    def position(self) -> int:
+        return axis(self.axis).position
 
 
 def parameter_rows(c: BlockConfig) -> int:
@@ -65,8 +141,9 @@ def parameter_rows(c: BlockConfig) -> int:
     return c.qkv_dim + c.attn_dim + ffn + 2 * (2 if c.norm == "layernorm" else 1)
 
 
-ACTIVATION = Buffer(lambda c: c.tokens, lambda c: c.tp)  # TP: a [T, d_model] activation over the tp ranks
-GRADIENTS = Buffer(parameter_rows, lambda c: c.dp)  # DP: the block's weight gradients over the dp ranks
+ACTIVATION = Buffer(lambda c: c.tokens, lambda c: c.tp, "tp")  # TP: a [T, d_model] activation over the tp ranks
+GRADIENTS = Buffer(parameter_rows, lambda c: c.dp, "dp")  # DP: the block's weight gradients over the dp ranks
+STAGE = Buffer(lambda c: c.tokens, lambda c: c.pp, "pp")  # PP: one microbatch's [T, d_model] activation
 
 
 def elements(c: BlockConfig) -> int:
@@ -74,16 +151,17 @@ def elements(c: BlockConfig) -> int:
     return ACTIVATION.elements(c)
 
 
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+def exchange(sends: list[tuple[torch.Tensor, int | None]], receives: list[tuple[torch.Tensor, int | None]]) -> None:
+    """Point-to-point: post every send and receive at once (global ranks; None: no peer), then wait for all.
 
-
-def needs_ranks(c: BlockConfig, device: torch.device) -> str | None:
-    """A collective needs the process group of `profile --tp/--dp` with exactly tp·dp ranks."""
-    if dist.is_initialized() and dist.get_world_size() == c.tp * c.dp:
-        return None
-    flag = f"--dp {c.dp}" if c.dp > 1 else f"--tp {c.tp}"
-    return f"needs {c.tp * c.dp} ranks in a process group (roofline profile {flag})"
+    Posting both together is what keeps a 1F1B pipeline from deadlocking where two neighbours each send before
+    they receive (Megatron's send_forward_recv_backward); NCCL runs the batch as one group.
+    """
+    ops = [dist.P2POp(dist.isend, t, peer) for t, peer in sends if peer is not None]
+    ops += [dist.P2POp(dist.irecv, t, peer) for t, peer in receives if peer is not None]
+    if ops:
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
 
 
 def _base(c: BlockConfig, buf: Buffer, device: torch.device, gen: torch.Generator) -> torch.Tensor:
@@ -99,7 +177,7 @@ def rank_rows(base: torch.Tensor, r: int, rows: torch.Tensor) -> torch.Tensor:
 def _full_inputs(buf: Buffer):  # type: ignore[no-untyped-def]
     def make(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
         base = _base(c, buf, device, gen)
-        inputs = {"base": base, "x": base * (rank() + 1)}
+        inputs = {"base": base, "x": base * (buf.position() + 1)}
         if c.mode == "train" and buf is ACTIVATION:  # the backward's all-reduce: the input gradient
             inputs["grad"] = inputs["x"].clone()
         return inputs
@@ -109,32 +187,35 @@ def _full_inputs(buf: Buffer):  # type: ignore[no-untyped-def]
 
 def _chunk_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
     """All-gather: this rank's contiguous tokens/n rows; the gathered output is every rank's, in rank order."""
-    base, chunk = _base(c, ACTIVATION, device, gen), c.tokens // c.tp
-    return {"base": base, "x": base[rank() * chunk:(rank() + 1) * chunk] * (rank() + 1)}
+    base, chunk, r = _base(c, ACTIVATION, device, gen), c.tokens // c.tp, ACTIVATION.position()
+    return {"base": base, "x": base[r * chunk:(r + 1) * chunk] * (r + 1)}
 
 
-def _all_reduce(c: BlockConfig, i: Inputs):
-    x, grad = i["x"], i.get("grad")
+def _all_reduce(buf: Buffer):  # type: ignore[no-untyped-def]
+    def build(c: BlockConfig, i: Inputs):  # type: ignore[no-untyped-def]
+        x, grad, group = i["x"], i.get("grad"), axis(buf.axis).group
 
-    def run() -> torch.Tensor:
-        dist.all_reduce(x)
-        if grad is not None:
-            dist.all_reduce(grad)
-        return x
+        def run() -> torch.Tensor:
+            dist.all_reduce(x, group=group)
+            if grad is not None:
+                dist.all_reduce(grad, group=group)
+            return x
 
-    return run
+        return run
+
+    return build
 
 
 def _all_gather_build(c: BlockConfig, i: Inputs):
-    x = i["x"]
+    x, group = i["x"], axis("tp").group
     out = torch.empty((c.tokens, c.d_model), dtype=x.dtype, device=x.device)
-    return lambda: (_all_gather(out, x), out)[1]
+    return lambda: (_all_gather(out, x, group=group), out)[1]
 
 
 def _reduce_scatter_build(c: BlockConfig, i: Inputs):
-    x = i["x"]
+    x, group = i["x"], axis("tp").group
     out = torch.empty((c.tokens // c.tp, c.d_model), dtype=x.dtype, device=x.device)
-    return lambda: (_reduce_scatter(out, x), out)[1]
+    return lambda: (_reduce_scatter(out, x, group=group), out)[1]
 
 
 def _sum_reference(buf: Buffer):  # type: ignore[no-untyped-def]
@@ -151,7 +232,46 @@ def _gather_reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Te
 
 
 def _scatter_reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Tensor:
-    return _sum_reference(ACTIVATION)(c, i, rows + rank() * (c.tokens // c.tp))
+    return _sum_reference(ACTIVATION)(c, i, rows + ACTIVATION.position() * (c.tokens // c.tp))
+
+
+def _p2p_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+    """Stage s sends base·(s + 1) forward and, in train mode, −base·(s + 1) back; the buffers it receives into."""
+    base, s = _base(c, STAGE, device, gen), STAGE.position()
+    inputs = {"base": base, "x": base * (s + 1), "received": torch.empty_like(base)}
+    if c.mode == "train":
+        inputs |= {"grad": base * -(s + 1), "grad_received": torch.empty_like(base)}
+    return inputs
+
+
+def _p2p_build(c: BlockConfig, i: Inputs):
+    """One microbatch across a stage boundary: the activation to the next stage (and the gradient back)."""
+    pp = axis("pp")
+    before, after = pp.neighbour(-1), pp.neighbour(+1)
+    forward = i["received"] if before is not None else i["x"]  # what this stage holds: stage 0 its own
+    backward = (i["grad_received"] if after is not None else i["grad"]) if "grad" in i else None
+
+    def run() -> tuple[torch.Tensor, torch.Tensor | None]:
+        exchange([(i["x"], after)], [(i["received"], before)])
+        if backward is not None:
+            exchange([(i["grad"], before)], [(i["grad_received"], after)])
+        return forward, backward
+
+    return run
+
+
+def _p2p_reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Tensor:
+    return rank_rows(i["base"], max(STAGE.position() - 1, 0), rows)
+
+
+def _p2p_check(c: BlockConfig, i: Inputs, output: object, rows: torch.Tensor) -> float:
+    """The activation from the previous stage, and in train mode the gradient from the next."""
+    forward, backward = output  # type: ignore[misc]
+    error = relative_error(take_rows(forward, rows), _p2p_reference(c, i, rows))
+    if backward is not None:
+        source = min(STAGE.position() + 1, c.pp - 1)
+        error = max(error, relative_error(take_rows(backward, rows), -rank_rows(i["base"], source, rows)))
+    return error
 
 
 def _dims(buf: Buffer) -> Callable[[BlockConfig], dict[str, int]]:
@@ -164,15 +284,24 @@ ALL_REDUCE_BUS = "2*(n - 1)*M*out_bytes//n"  # NCCL-tests' bus bytes of an all-r
 HALF_BUS = "(n - 1)*M*out_bytes//n"  # of an all-gather or a reduce-scatter
 
 
+ROOFS = {"tp": "comm.busbw", "dp": "comm.busbw.dp", "pp": "comm.p2p"}  # analysis/placement's keys, by axis
+
+
+def axis_of(op: Op) -> str:
+    """The axis ("tp", "dp", "pp") whose group a collective op runs on."""
+    return {roof: name for name, roof in ROOFS.items()}[op.roof]
+
+
 def _collective(name: str, call: str, doc: str, build, reference, make_inputs,  # type: ignore[no-untyped-def]
-                flops: Formula, min_bytes: Formula, buf: Buffer = ACTIVATION, **train: object) -> Op:
+                flops: Formula, min_bytes: Formula, buf: Buffer = ACTIVATION, group: str = "comm",
+                **extra: object) -> Op:
     return Op(
-        name=name, group="comm", unit="comm", flops=flops, min_bytes=min_bytes, make_inputs=make_inputs,
+        name=name, group=group, unit="comm", flops=flops, min_bytes=min_bytes, make_inputs=make_inputs,
         reference=reference,
-        variants=(Variant("torch", build, requires=needs_ranks, dtypes=tuple(TORCH_DTYPES),
+        variants=(Variant("torch", build, requires=buf.needs_ranks, dtypes=tuple(TORCH_DTYPES),
                           doc=f"torch.distributed.{call} (NCCL on GPUs, gloo on the CPU)"),),
-        doc=doc, applies=lambda c: buf.ranks(c) > 1 and (buf is ACTIVATION or c.mode == "train"),
-        **train,  # type: ignore[arg-type]
+        doc=doc, applies=lambda c: buf.ranks(c) > 1 and (buf is not GRADIENTS or c.mode == "train"),
+        roof=ROOFS[buf.axis], **extra,  # type: ignore[arg-type]
     )
 
 
@@ -181,7 +310,7 @@ def _all_reduce_op(name: str, after: str) -> Op:
     return _collective(
         name, "all_reduce",
         f"All-reduce of the {after} partial sums: every rank gets the sum of the n ranks' [T, d_model].",
-        _all_reduce, _sum_reference(ACTIVATION), _full_inputs(ACTIVATION),
+        _all_reduce(ACTIVATION), _sum_reference(ACTIVATION), _full_inputs(ACTIVATION),
         Formula(ADDS, "this rank's share of the reduction adds; M = T·d, the partial output", dims),
         Formula(ALL_REDUCE_BUS, "NCCL bus bytes: reduce-scatter then all-gather", dims),
         backward_flops=Formula(ADDS, "the conjugate all-reduce of the input gradient", dims),
@@ -194,7 +323,7 @@ ALLREDUCE_FFN_DOWN = _all_reduce_op("allreduce_ffn_down", "FFN-down's")
 ALLREDUCE_GRADS = _collective(
     "allreduce_grads", "all_reduce",
     "Data parallelism: the all-reduce of the block's weight gradients, every rank's replica then holds their sum.",
-    _all_reduce, _sum_reference(GRADIENTS), _full_inputs(GRADIENTS),
+    _all_reduce(GRADIENTS), _sum_reference(GRADIENTS), _full_inputs(GRADIENTS),
     Formula(ADDS, "M = P, the block's parameters; this rank's share of the reduction adds", _dims(GRADIENTS)),
     Formula(ALL_REDUCE_BUS, "NCCL bus bytes; gradients in the run's dtype", _dims(GRADIENTS)), buf=GRADIENTS)
 
@@ -211,7 +340,20 @@ REDUCE_SCATTER = _collective(
     Formula(ADDS, "this rank's share of the reduction adds", _dims(ACTIVATION)),
     Formula(HALF_BUS, "NCCL bus bytes; M = the whole input", _dims(ACTIVATION)))
 
+P2P_BYTES = "M*out_bytes"  # one microbatch's activation, what one link carries one way
+
+P2P_ACTIVATION = _collective(
+    "p2p_activation", "batch_isend_irecv",
+    "Pipeline: one microbatch's activation [T, d_model] sent to the next stage (train: its gradient comes back). "
+    "Once per microbatch and stage boundary, not per layer.",
+    _p2p_build, _p2p_reference, _p2p_inputs, Formula("0", "a copy: no arithmetic"),
+    Formula(P2P_BYTES, "M = T·d, the activation one link carries to the next stage", _dims(STAGE)),
+    buf=STAGE, group="pipeline", check=_p2p_check,
+    backward_flops=Formula("0", "no arithmetic"),
+    backward_bytes=Formula(P2P_BYTES, "the activation's gradient, back to the previous stage", _dims(STAGE)))
+
 # The block's collectives (ops/__init__.py places them in the block order, after the projections they sum, the
-# gradients' all-reduce last), and those `calibrate_interconnect` measures.
-OPS = (ALLREDUCE_OUT_PROJ, ALLREDUCE_FFN_DOWN, ALLREDUCE_GRADS)
-COLLECTIVES = {"all_reduce": ALLREDUCE_OUT_PROJ, "all_gather": ALL_GATHER, "reduce_scatter": REDUCE_SCATTER}
+# stage boundary's send/recv and the gradients' all-reduce last), and those `calibrate_interconnect` measures.
+OPS = (ALLREDUCE_OUT_PROJ, ALLREDUCE_FFN_DOWN, P2P_ACTIVATION, ALLREDUCE_GRADS)
+COLLECTIVES = {"all_reduce": ALLREDUCE_OUT_PROJ, "all_gather": ALL_GATHER, "reduce_scatter": REDUCE_SCATTER,
+               "p2p": P2P_ACTIVATION}

@@ -27,7 +27,8 @@ def catalog_table(entries: list[dict[str, object]], title: str, caption: str, wi
         per_block = int(e["per_block"])  # type: ignore[call-overload]
         variants = ", ".join(name + (" ⚡" if fused else "") for name, fused in e["variants"])  # type: ignore[attr-defined]
         t.add_row(f"{e['name']}" + (f" ×{per_block}" if per_block > 1 else ""), str(e["unit"]), fmt.flops(flops),
-                  fmt.nbytes(nbytes) + (" bus" if e["unit"] == "comm" else ""), fmt.intensity(flops / nbytes),
+                  fmt.nbytes(nbytes) + (" bus" if e["unit"] == "comm" and e.get("group") != "pipeline" else ""),
+                  fmt.intensity(flops / nbytes),
                   variants, escape(str(e["formulas"])))  # formulas hold [b, h, q, kv]: text, not rich markup
     return t
 

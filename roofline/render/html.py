@@ -16,8 +16,16 @@ from roofline.analysis import compare
 from roofline.analysis.sweep import split_runs
 from roofline.errors import RooflineError
 from roofline.fmt import describe_run
-from roofline.render.report_context import run_context, scaling_tables
-from roofline.render.style import COMM_COLOR, COMPUTE_COLOR, MEMORY_COLOR, describe_runs, figure_files, run_labels
+from roofline.render.report_context import pipeline_sections, run_context, scaling_tables
+from roofline.render.style import (
+    BUBBLE_COLOR,
+    COMM_COLOR,
+    COMPUTE_COLOR,
+    MEMORY_COLOR,
+    describe_runs,
+    figure_files,
+    run_labels,
+)
 from roofline.results import Results, atomic_write
 
 if TYPE_CHECKING:
@@ -94,6 +102,7 @@ def report_html(results_list: list[Results], images: dict[str, str]) -> str:
     runs = [run_context(r, label, bool(tables)) for r, label in zip(results_list, labels, strict=True)]
     return _environment().get_template("report.html.j2").render(
         title=f"Roofline · {describe_runs(results_list)}", runs=runs, images=images, scaling=tables,
+        pipelines=pipeline_sections(results_list), bubble_color=BUBBLE_COLOR,
         compute_color=COMPUTE_COLOR, memory_color=MEMORY_COLOR, comm_color=COMM_COLOR,
         comm=any(run["split"] for run in runs), several=len(results_list) > 1)
 

@@ -9,7 +9,9 @@ from roofline import fmt
 from roofline.analysis.block import KIND_NAMES, block_before_after, kind_split, split_text
 from roofline.analysis.counters import explain_gap, pct_diff
 from roofline.analysis.fusion import summarize
-from roofline.analysis.scaling import ranks, scaling_runs
+from roofline.analysis.pipeline import STEP_KINDS, pipeline_lines, transfers
+from roofline.analysis.pipeline import summarize as summarize_pipeline
+from roofline.analysis.scaling import differing, ranks, scaling_runs
 from roofline.fmt import describe_run
 from roofline.render.figures.roofs import roof_name, roof_order
 from roofline.render.style import group_color
@@ -52,6 +54,12 @@ def summary(res: Results) -> list[str]:
     sentences = [f"{device} ran one {c.name} block ({shape})." if n == 1 else
                  f"{n} × {device} ran one {c.name} block ({shape}) with {n}-way tensor "
                  f"parallelism, each rank its 1/{n} shard; an op's time is its slowest rank's."]
+    if c.pp > 1:
+        how = "".join(f", {k}-way {name}" for k, name in ((c.tp, "tensor parallelism"), (c.dp, "data parallelism"))
+                      if k > 1)
+        sentences = [f"{c.ranks} × {device} ran {c.layers} {c.name} blocks as a {c.pp}-stage pipeline ({shape}, "
+                     f"{c.microbatches} microbatches a step{how}); the ops below are one block's, an op's time its "
+                     "slowest rank's."]
     if total > 0:
         sentences.append(f"Unfused it takes {fmt.seconds(total)}: {split_text(kind_split(before))}.")
     found = summarize(res)
@@ -225,4 +233,32 @@ def warnings(res: Results) -> list[tuple[str, str]]:
             out.append(("unstable", f"{name}: the timing budget ran out with the median still {fmt.unstable(r)}"))
         if r.suspect:
             out.append(("suspect", f"{name}: {r.suspect}"))
+    return out
+
+
+def pipeline_sections(results_list: list[Results]) -> list[dict[str, Any]]:
+    """Each `profile --pp N` run's pipeline step: the sentences, the step's split (compute / memory / communication /
+    bubble) and each stage's times. A single-device run of the same block given beside it is the op profile the
+    model predicts from (else the run's own rows)."""
+    out = []
+    for res in results_list:
+        c = res.run.config
+        base = next((b for b in results_list if b.run.config.ranks == 1 and not differing(b, res)
+                     and b.run.device.name == res.run.device.name), None) if c.tp == 1 else None
+        found = summarize_pipeline(res, base)
+        p = res.run.parallel.pipeline if res.run.parallel else None
+        if found is None or p is None:
+            continue
+        total = found.step_s
+        parts = [{"kind": kind, "name": KIND_NAMES[kind], "time": fmt.seconds(found.split[kind]) if found.split[kind]
+                  else "0", "pct": 100 * found.split[kind] / total} for kind in STEP_KINDS]
+        train = p.schedule == "1F1B"
+        stages = [{"stage": s, "forward": fmt.seconds(p.forward_s[s]),
+                   "backward": fmt.seconds(p.backward_s[s]) if p.backward_s else "–",
+                   "busy": fmt.seconds(p.busy_s[s]), "p2p": fmt.seconds(p.p2p_s[s]),
+                   "transfers": transfers(s, p.stages, p.microbatches, train),
+                   "idle": fmt.pct(100 * (1 - (p.busy_s[s] + p.p2p_s[s]) / total))} for s in range(p.stages)]
+        out.append({"title": describe_run(res), "lines": pipeline_lines(found), "parts": parts,
+                    "total": fmt.seconds(total), "stages": stages, "train": train,
+                    "transfer": fmt.seconds(p.transfer_s)})
     return out

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 COMPUTE_COLOR = "#1f6fb4"  # compute-bound: the same hue in plots, the HTML report and the terminal (cyan)
 MEMORY_COLOR = "#c23b75"  # memory-bound (magenta in the terminal)
 COMM_COLOR = "#2f9e8f"  # communication (a collective's time)
+BUBBLE_COLOR = "#aab2bb"  # a pipeline step's bubble: stages idle, waiting for their neighbours
 BOUND_COLORS = {"compute": COMPUTE_COLOR, "memory": MEMORY_COLOR}
 KIND_COLORS = {**BOUND_COLORS, "comm": COMM_COLOR}
 GROUP_COLORS = {"attention": "#e08a00", "norm": "#2a9d5c", "ffn": "#7b52c7", "moe": "#8c5a2b"}
@@ -45,8 +46,9 @@ def run_labels(results_list: list[Results]) -> list[str]:
     """A short name per run that tells overlaid runs apart: only the fields that differ ('seq 2048'), else when
     each was started ('run 2 (08:42:42)')."""
     fields = [fmt.run_fields(r) for r in results_list]
-    differing = [k for k in range(len(fields[0])) if len({f[k] for f in fields}) > 1]
-    labels = [" · ".join(f[k] for k in differing) for f in fields]
+    at = lambda f, k: f[k] if k < len(f) else ""  # noqa: E731  (a run with more parallel axes has more fields)
+    differing = [k for k in range(len(fields[0])) if len({at(f, k) for f in fields}) > 1]
+    labels = [" · ".join(at(f, k) for k in differing) for f in fields]
     if len(set(labels)) == len(labels):
         return labels
     started = [r.run.started_at or "?" for r in results_list]
@@ -59,7 +61,7 @@ def describe_runs(results_list: list[Results]) -> str:
     if len(results_list) == 1:
         return describe_run(results_list[0])
     fields = [fmt.run_fields(r) for r in results_list]
-    shared = [value for k, value in enumerate(fields[0]) if all(f[k] == value for f in fields)]
+    shared = [value for k, value in enumerate(fields[0]) if all(k < len(f) and f[k] == value for f in fields)]
     return " · ".join([*shared, " vs ".join(run_labels(results_list))])
 
 

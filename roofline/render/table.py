@@ -10,6 +10,8 @@ from roofline import fmt
 from roofline.analysis.block import block_before, kind_split
 from roofline.analysis.counters import explain_gap, pct_diff
 from roofline.analysis.fusion import summarize
+from roofline.analysis.pipeline import pipeline_lines
+from roofline.analysis.pipeline import summarize as summarize_pipeline
 from roofline.analysis.scaling import Scaling
 from roofline.analysis.sweep import sweep_series
 from roofline.render.figures.sweep import slope_text
@@ -101,6 +103,11 @@ def summary(results: Results) -> Group:
             (f"{100 * split['memory'] / total:.0f} % memory-bound", "magenta"),
             *((", ", (f"{100 * split['comm'] / total:.0f} % communication", "green")) if split["comm"] else ()),
             " (each op at its baseline variant × times per block)"))
+    pipeline = summarize_pipeline(results)
+    if pipeline:
+        first, *rest = pipeline_lines(pipeline)
+        parts.append(Text.assemble(("Pipeline: ", "bold"), first))
+        parts += [Text(f"  {line}") for line in rest]
     moe_line = fmt.moe_line(results.run)
     if moe_line:
         parts.append(Text(moe_line))
