@@ -20,17 +20,15 @@ from roofline.results import Results, Row
 
 # What already fuses a chain holding these ops (each that applies is named; torch.compile fuses any chain).
 EXISTING = (
-    (("softmax", "qk_t", "attn_v"), "fused attention: SDPA's FlashAttention/cuDNN kernels (--attn-impl sdpa), our "
-                                    "Triton FlashAttention (kernels/flash_attention.py)"),
-    (("mask",), "no mask tensor at all: a causal kernel computes it (SDPA is_causal, FlashAttention)"),
-    (("repeat_kv",), "no K/V copy: SDPA with enable_gqa and FlashAttention read the shared heads in place"),
-    (("rope", "qk_norm"), "one RoPE (+ QK-norm) kernel: torch.compile (the catalog's rope · compile), flash-attn's "
-                          "rotary kernel"),
-    (("residual_add", "rmsnorm", "layernorm", "dropout"), "our Triton residual + dropout + norm "
-                                                          "(kernels/fused_add_dropout_norm.py), torch.compile"),
-    (("swiglu", "geglu", "gelu", "activation"), "a fused gated activation: torch.compile, Liger-Kernel's SwiGLU/GeGLU"),
-    (("kv_cache",), "a KV cache written in place (StaticCache) instead of DynamicCache's copy at every token"),
-    (("moe_router", "moe_experts"), "grouped expert GEMMs with the routing fused (torch._grouped_mm), torch.compile"),
+    (("softmax", "qk_t", "attn_v"), "fused attention: SDPA (--attn-impl sdpa), our Triton FlashAttention"),
+    (("mask",), "no mask tensor: a causal kernel (SDPA is_causal, FlashAttention)"),
+    (("repeat_kv",), "no K/V copy: SDPA enable_gqa, FlashAttention"),
+    (("rope", "qk_norm"), "one RoPE kernel: torch.compile (rope · compile), flash-attn's rotary"),
+    (("residual_add", "rmsnorm", "layernorm", "dropout"), "our Triton add + norm (fused_add_dropout_norm), "
+                                                          "torch.compile"),
+    (("swiglu", "geglu", "gelu", "activation"), "torch.compile, Liger's SwiGLU/GeGLU"),
+    (("kv_cache",), "a cache written in place (StaticCache)"),
+    (("moe_router", "moe_experts"), "grouped expert GEMMs (torch._grouped_mm), torch.compile"),
 )
 MIN_CALLS = 2
 
@@ -124,5 +122,5 @@ def existing(ops: list[str]) -> str:
     """What already fuses (parts of) a chain of these ops; torch.compile fuses any chain of element-wise kernels."""
     found = [what for names, what in EXISTING if set(names) & set(ops)]
     if not found:
-        return "torch.compile (copies and casts folded into their neighbours)"
+        return "torch.compile (folds copies and casts into their neighbours)"
     return "; ".join(found) + ("" if any("torch.compile" in w for w in found) else "; torch.compile")

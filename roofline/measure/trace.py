@@ -166,7 +166,8 @@ def _profile(step: Callable[[], object], target: Target, info: DeviceInfo, repea
     times, kernels, outside = _kernel_times(prof.events(), info.kind == "cuda")
     totals = [sum(per.values()) for per in times.values()]
     record.kernel_time_s = statistics.median(totals) if totals else None
-    record.kernel_launches = sum(len(k) for k in kernels.values())
+    record.kernel_launches = sum(len(k) for k in kernels.values()) if info.kind == "cuda" else \
+        sum(1 for call in recorder.calls if call.did_work)
     record.outside_launches, record.outside_time_s = len(outside) // repeats, sum(outside) / repeats
     return _rows(recorder.calls, times, kernels, target, info)
 
