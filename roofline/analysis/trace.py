@@ -50,7 +50,11 @@ PROJECTIONS = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
                "gate_proj": "ffn_up", "up_proj": "ffn_up", "gate_up_proj": "ffn_up", "w1": "ffn_up", "w3": "ffn_up",
                "fc1": "ffn_up", "c_fc": "ffn_up", "dense_h_to_4h": "ffn_up", "fc_in": "ffn_up",
                "down_proj": "ffn_down", "w2": "ffn_down", "fc2": "ffn_down", "dense_4h_to_h": "ffn_down",
-               "fc_out": "ffn_down"}
+               "fc_out": "ffn_down", "qkv": "qkv_proj", "wqkv": "qkv_proj", "in_proj": "qkv_proj",
+               "to_qkv": "qkv_proj", "q": "qkv_proj", "k": "qkv_proj", "v": "qkv_proj", "wq": "qkv_proj",
+               "wk": "qkv_proj", "wv": "qkv_proj", "to_q": "qkv_proj", "to_k": "qkv_proj", "to_v": "qkv_proj",
+               "proj": "out_proj", "o": "out_proj", "wo": "out_proj", "to_out": "out_proj", "up": "ffn_up",
+               "w_up": "ffn_up", "down": "ffn_down", "w_down": "ffn_down"}
 IN_ATTENTION_OR_MLP = {"dense": ("out_proj", "ffn_down"), "c_proj": ("out_proj", "ffn_down")}
 QK_NORMS = {"q_norm", "k_norm", "q_layernorm", "k_layernorm", "query_layernorm", "key_layernorm"}
 ACTIVATION_MODULES = {"act_fn", "act", "activation_fn", "activation", "activation_function"}
@@ -193,9 +197,11 @@ def _attribute_forward(row: Row, config: BlockConfig, bodies: dict[str, _Attenti
             return "qk_t" if body.matmuls % 2 == 1 else "attn_v"
         if name in ("_softmax", "softmax", "_safe_softmax", "log_softmax"):
             return "softmax"
-        if body.matmuls % 2 == 1 and not is_data_movement(t.aten_op):  # between Q·Kᵀ and P·V
-            if name in ("add", "masked_fill", "where"):
-                return "mask"
+        if body.matmuls % 2 == 0 and name in ("mul", "div"):  # Q scaled before Q·Kᵀ
+            return "qk_t"
+        if body.matmuls % 2 == 1 and name in ("add", "masked_fill", "where"):  # between Q·Kᵀ and P·V
+            return "mask"
+        if body.matmuls % 2 == 1 and not is_data_movement(t.aten_op):
             return "qk_t" if name in ("mul", "div") else "softmax"
         return DATA if is_data_movement(t.aten_op) else "other"
     if leaf in MLP_MODULES and name == "mul":  # act(gate) · up

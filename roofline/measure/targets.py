@@ -123,21 +123,21 @@ def from_factory(spec: str, device: torch.device, config: BlockConfig) -> Target
         raise RooflineError(f"--module {spec} must return (module or callable, inputs), got {type(made).__name__}")
     fn, inputs = made
     placed = "device" in kwargs and "dtype" in kwargs
-    return api_target(fn, inputs, config, spec, "module", move=None if placed else (device, dtype))
+    args, call_kwargs = ((), inputs) if isinstance(inputs, dict) else \
+        (tuple(inputs), {}) if isinstance(inputs, (tuple, list)) else ((inputs,), {})
+    return api_target(fn, args, call_kwargs, config, spec, "module", move=None if placed else (device, dtype))
 
 
-def api_target(fn: Callable[..., object], inputs: object, config: BlockConfig, name: str, kind: str,
-               move: tuple[torch.device, torch.dtype] | None = None) -> Target:
-    """A Target of fn(*inputs) (a tuple), fn(**inputs) (a dict) or fn(inputs) (one tensor)."""
+def api_target(fn: Callable[..., object], args: tuple, kwargs: dict[str, object], config: BlockConfig, name: str,
+               kind: str, move: tuple[torch.device, torch.dtype] | None = None) -> Target:
+    """A Target of fn(*args, **kwargs), the module's (and the floating inputs') device and dtype set by `move`."""
     root = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
     root = root if isinstance(root, torch.nn.Module) else None
     if move is not None:
         device, dtype = move
         if root is not None:
             root.to(device=device, dtype=dtype)
-        inputs = _moved(inputs, device, dtype)
-    args, kwargs = ((), inputs) if isinstance(inputs, dict) else \
-        (tuple(inputs), {}) if isinstance(inputs, (tuple, list)) else ((inputs,), {})
+        args, kwargs = _moved(args, device, dtype), _moved(kwargs, device, dtype)  # type: ignore[assignment]
     leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     device = leaves[0].device if leaves else next((p.device for p in (root.parameters() if root else [])),
                                                   torch.device("cpu"))

@@ -39,6 +39,20 @@ TIMED = {"cuda": 10, "cpu": 3}  # steps timed whole
 WARM_UP = {"cuda": 2, "cpu": 1}
 
 
+def trace_callable(fn: Callable[..., object], args: tuple, kwargs: dict[str, object], mode: str = "prefill",
+                   name: str | None = None, out: Path | None = None, repeats: int | None = None,
+                   calibrate: bool = False, seed: int = 0) -> Results:
+    """The Python API (roofline.trace): trace fn(*args, **kwargs) where its tensors are, as they are."""
+    from roofline.measure.device import detect
+    from roofline.measure.targets import api_config, api_target
+
+    label = name or getattr(fn, "__name__", None) or type(fn).__name__
+    config = api_config(label, mode, (args, kwargs), fn)
+    target = api_target(fn, args, kwargs, config, label, "api")
+    info = detect("cpu" if target.device.type == "cpu" else f"cuda:{target.device.index or 0}")
+    return trace(target, info, out, ["(python) roofline.trace", label], repeats, calibrate, seed=seed)
+
+
 def trace(target: Target, info: DeviceInfo, out_dir: Path | None, argv: list[str], repeats: int | None = None,
           calibrate: bool = False, listener: session.Listener | None = None, seed: int = 0) -> Results:
     """Trace one target (see the module docstring); returns the saved Results."""
