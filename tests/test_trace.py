@@ -167,6 +167,22 @@ def test_a_trace_round_trips_and_renders_again(capsys, tmp_path: Path, tiny_conf
     assert results.load(tmp_path / "again").rows == res.rows
     assert main(["report", str(folder), "--out", str(tmp_path / "report"), "--no-svg"]) == 0
     assert (tmp_path / "report" / "report.html").is_file()
+    capsys.readouterr()
+    assert main(["compare", str(folder), str(tmp_path / "again")]) == 2  # a trace is not a profile to compare
+    assert "is a `roofline trace`" in one_error_line(capsys.readouterr().err)
+
+
+def test_beside_a_profile_of_the_same_shapes(capsys, tmp_path: Path, tiny_config: str) -> None:
+    profiled = tmp_path / "profile"
+    assert main(["profile", "--model", tiny_config, "--device", "cpu", "--seq-len", "16", "--budget", "0.01",
+                 "--out", str(profiled), "--no-plots"]) == 0
+    capsys.readouterr()
+    code, out, err, folder = trace_cli(capsys, tmp_path, "--hf", tiny_config, "--no-plots", "--compare-profile",
+                                       str(profiled / "results.json"))
+    assert code == 0, err
+    textbook = results.load(folder).run.trace.textbook
+    assert textbook is not None and textbook.unfused_s > textbook.fused_s > 0 and textbook.mismatch == ""
+    assert "Your layer" in out and "textbook unfused" in out and "best fused" in out
 
 
 # --- bad targets --------------------------------------------------------------------------------------------------
@@ -346,3 +362,30 @@ def test_checks_explain_the_flop_counter_gap() -> None:
     assert c.flop_counter_flops - c.causal_saving + c.pointwise == c.flops
     attribute(res.rows, BlockConfig())
     assert [(g.op, g.calls) for g in groups(res)] == [("attention", 1), ("other", 1)]
+
+
+# --- on a GPU (the device machine) ----------------------------------------------------------------------------------
+
+GPU_LLAMA = {**TINY_LLAMA, "hidden_size": 1024, "num_attention_heads": 16, "num_key_value_heads": 4,
+             "intermediate_size": 2816}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(("attn", "mode"), [("sdpa", "prefill"), ("eager", "train")])
+def test_kernels_are_tied_to_their_calls_on_a_gpu(capsys, tmp_path: Path, attn: str, mode: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(GPU_LLAMA))
+    out = tmp_path / "trace"
+    code = main(["trace", "--hf", str(path), "--device", "cuda", "--seq-len", "2048", "--attn-impl", attn, "--mode",
+                 mode, "--out", str(out), "--no-plots"])
+    assert code == 0, capsys.readouterr().err
+    res = results.load(out)
+    t = res.run.trace
+    assert all(r.trace.kernels for r in res.rows) and t.kernel_launches >= len(res.rows)
+    assert t.outside_launches <= 2
+    assert 0.5 < t.kernel_time_s / t.step_time_s <= 1.05  # the profiler's kernels are the step's
+    assert t.peak_mem_bytes and t.peak_mem_bytes > 0
+    assert {"qkv_proj", "rope", "rmsnorm", "ffn_up", "swiglu", "ffn_down"} <= {r.op for r in res.rows}
+    assert ("attention" if attn == "sdpa" else "softmax") in {r.op for r in res.rows}
+    assert all(r.pct_of_roof is not None and r.pct_of_roof < 150 for r in res.rows if r.min_bytes > 0)

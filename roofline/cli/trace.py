@@ -87,6 +87,8 @@ def _target(hf: str | None, module: str | None, layers: int, attn_impl: str, sha
     from roofline.measure import hf as hf_layers
     from roofline.measure.targets import from_factory
 
+    if shape["dtype"] == "fp8":
+        raise RooflineError("trace runs a model as it is written: --dtype fp32, tf32, bf16 or fp16")
     if shape["mode"] == "decode" and not shape["kv_cache_len"]:
         raise RooflineError("decode mode needs --kv-len, the KV-cache length (a positive integer)")
     shape = {**shape, "kv_cache_len": shape["kv_cache_len"] or 0}

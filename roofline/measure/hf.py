@@ -65,11 +65,13 @@ def block_config(path: Path, spec: str, data: dict[str, object], **shape: object
     return make_config(str(path), **shape).replace(name=name), hf_config.notes(data)
 
 
-def predicted_scores_bytes(config: BlockConfig, attn_impl: str) -> int:
-    """Eager attention materialises the scores and fp32 probabilities: b·h·q·kv pairs of SCORE_BYTES."""
-    if attn_impl != "eager":
-        return 0
-    return config.batch * config.n_heads * config.q_len * config.kv_len * SCORE_BYTES
+def predicted_bytes(config: BlockConfig, attn_impl: str) -> tuple[int, str]:
+    """A lower bound of what one layer's step allocates, and what dominates it: eager attention's scores and fp32
+    probabilities (b·h·q·kv pairs of SCORE_BYTES), else the layer's widest activations (QKV, the FFN's up and
+    gate halves and their product: T·(4·d + 3·d_ffn) elements)."""
+    scores = config.batch * config.n_heads * config.q_len * config.kv_len * SCORE_BYTES if attn_impl == "eager" else 0
+    activations = config.tokens * (4 * config.d_model + 3 * config.ffn_dim) * config.dtype_bytes
+    return (scores, "its attention scores") if scores > activations else (activations, "its activations")
 
 
 def build(spec: str, layers: int, attn_impl: str, config_shape: dict[str, object], device: torch.device,
@@ -82,10 +84,11 @@ def build(spec: str, layers: int, attn_impl: str, config_shape: dict[str, object
     path = resolve(spec)
     data = hf_config.read_config(path)
     config, notes = block_config(path, spec, data, **config_shape)
-    need = predicted_scores_bytes(config, attn_impl)
+    need, what = predicted_bytes(config, attn_impl)
     if need > free_bytes:
-        raise CannotRun(f"out of memory: eager attention at seq {config.seq_len} would need {need / 1e9:.1f} GB for "
-                        f"its scores, {free_bytes / 1e9:.1f} GB free (try a smaller --seq-len or --attn-impl sdpa)")
+        hint = " or --attn-impl sdpa" if what == "its attention scores" else ""
+        raise CannotRun(f"out of memory: {attn_impl} attention at seq {config.seq_len} would need {need / 1e9:.1f} GB "
+                        f"for {what}, {free_bytes / 1e9:.1f} GB free (try a smaller --seq-len{hint})")
     transformers = import_transformers()
     hf = _hf_config(transformers, data, layers, config)
     dtype = TORCH_DTYPES[config.dtype]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from roofline.analysis.placement import intensity, place_row
+from roofline.analysis.placement import Roofs, intensity, place_row
 from roofline.analysis.trace import attribute, base_name, unit_of
 from roofline.errors import CannotRun, RooflineError
 from roofline.measure import session
@@ -71,7 +71,29 @@ def trace(target: Target, info: DeviceInfo, out_dir: Path | None, argv: list[str
     results = Results(run=run)
     keep = (lambda: save(results, out_dir)) if out_dir is not None else (lambda: None)
     keep()
-    step = make_step(target)
+    with _tf32(target.config.dtype == "tf32"):
+        _measure(results, make_step(target), target, info, roofs, out_dir, repeats, say, keep)
+    run.wall_s = time.perf_counter() - started
+    keep()
+    return results
+
+
+@contextlib.contextmanager
+def _tf32(allowed: bool) -> Iterator[None]:
+    """fp32 matmuls on TF32 tensor cores for --dtype tf32 only (as `profile`), restored after."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
+def _measure(results: Results, step: Callable[[], object], target: Target, info: DeviceInfo, roofs: Roofs,
+             out_dir: Path | None, repeats: int, say: session.Listener, keep: Callable[[], None]) -> None:
+    """Steps 2–5 of the module docstring, saving after each."""
+    run = results.run
+    assert run.trace is not None
     with _guard("the first step", out_dir):
         for _ in range(WARM_UP[info.kind]):
             step()
@@ -92,9 +114,6 @@ def trace(target: Target, info: DeviceInfo, out_dir: Path | None, argv: list[str
     keep()
     with _guard("counting FLOPs with FlopCounterMode", out_dir):
         run.trace.flop_counter_flops, run.trace.flop_counter_error = _flop_counter(step)
-    run.wall_s = time.perf_counter() - started
-    keep()
-    return results
 
 
 @contextlib.contextmanager
