@@ -95,6 +95,7 @@ def test_a_hugging_face_layer_end_to_end(capsys, tmp_path: Path, tiny_config: st
         assert (folder / name).is_file()
     html = (folder / "report.html").read_text()
     assert "Where the time goes" in html and "Fusion opportunities" in html and "layers.1.mlp.down_proj" in html
+    assert "layers.*.mlp.down_proj" in html  # by module, the layers folded together
 
 
 def test_sdpa_training_counts_attention_as_the_catalog_does(capsys, tmp_path: Path, tiny_config: str) -> None:
@@ -117,9 +118,10 @@ def test_sdpa_training_counts_attention_as_the_catalog_does(capsys, tmp_path: Pa
 
 
 def test_decode_against_a_kv_cache(capsys, tmp_path: Path, tiny_config: str) -> None:
-    code, _, err, folder = trace_cli(capsys, tmp_path, "--hf", tiny_config, "--mode", "decode", "--kv-len", "24",
-                                     "--attn-impl", "eager", "--no-plots")
+    code, out, err, folder = trace_cli(capsys, tmp_path, "--hf", tiny_config, "--mode", "decode", "--kv-len", "24",
+                                       "--attn-impl", "eager", "--no-plots", "--kernels")
     assert code == 0, err
+    assert "Every call that launched kernels" in out and "layers.*.self_attn.q_proj" in out  # --kernels
     res = results.load(folder)
     assert (res.run.config.q_len, res.run.config.kv_len) == (1, 24)
     copies = [r for r in res.rows if r.op == "kv_cache"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from roofline.analysis.placement import place
@@ -242,18 +243,32 @@ def trace_rows(res: Results) -> list[Row]:
 
 def groups(res: Results) -> list[TraceGroup]:
     """One group per (phase, block op), in order of first call, placed under the roof of its largest row's unit."""
+    return _grouped(res, lambda r: r.op)
+
+
+def module_groups(res: Results) -> list[TraceGroup]:
+    """One group per (phase, module), the layers folded together ('layers.*.self_attn.q_proj'): the step by model
+    region. A group's `op` is the module path, its `group` the block op of its largest call."""
+    return _grouped(res, lambda r: LAYER_INDEX.sub(r"\1*", r.trace.module) if r.trace and r.trace.module else
+                    "(model)")
+
+
+LAYER_INDEX = re.compile(r"((?:^|\.)(?:layers|layer|h|blocks|block)\.)\d+")
+
+
+def _grouped(res: Results, key: Callable[[Row], str]) -> list[TraceGroup]:
     rows = trace_rows(res)
     total = sum(r.time_median_s or 0.0 for r in rows) or math.nan
     by_key: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
-        by_key.setdefault((r.trace.phase if r.trace else "", r.op), []).append(r)
+        by_key.setdefault((r.trace.phase if r.trace else "", key(r)), []).append(r)
     out = []
-    for (phase, op), members in by_key.items():
+    for (phase, name), members in by_key.items():
         time_s = sum(r.time_median_s or 0.0 for r in members)
         flops, nbytes = sum(r.flops for r in members), sum(r.min_bytes for r in members)
         main = max(members, key=lambda r: r.time_median_s or 0.0)
-        g = TraceGroup(op, main.group, phase, len(members), sum(max(len(r.trace.kernels), 1) for r in members
-                                                                  if r.trace), time_s, flops, nbytes, main.unit,
+        g = TraceGroup(name, main.group, phase, len(members), sum(max(len(r.trace.kernels), 1) for r in members
+                                                                    if r.trace), time_s, flops, nbytes, main.unit,
                        time_s / total, dtypes=sorted({r.dtype for r in members}))
         _place(g, main)
         out.append(g)

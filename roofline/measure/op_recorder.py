@@ -42,7 +42,9 @@ _SKIP_DIRS = tuple(str(Path(p).resolve()) for p in (torch.__file__.rsplit("/", 1
                                                      sysconfig.get_paths()["stdlib"]))
 DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float8_e4m3fn: "fp8",
           torch.float8_e5m2: "fp8", torch.float64: "fp64"}
-NO_NODE = 2 ** 64 - 1  # the sequence number of AccumulateGrad and other nodes created outside a forward op
+# The next autograd sequence number: a forward op's node took the one before (without it, backward calls are not
+# tied to their forward op, and are attributed by their own module and caller).
+_SEQUENCE_NR = getattr(torch._C._autograd, "_get_sequence_nr", None)
 
 
 @dataclass
@@ -148,7 +150,7 @@ class OpRecorder(TorchDispatchMode):
             with record_function(f"{RANGE}{self.repeat}:{index}"):
                 return func(*args, **kwargs)
         node = torch._C._current_autograd_node()
-        peek = torch._C._autograd._get_sequence_nr() if node is None else None
+        peek = _SEQUENCE_NR() if node is None and _SEQUENCE_NR is not None else None
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         input_ptrs = {_ptr(t) for t in inputs}
         for t in inputs:  # name the inputs before the call: an output may reuse a freed address
@@ -197,7 +199,7 @@ class OpRecorder(TorchDispatchMode):
 def _ptr(t: torch.Tensor) -> int:
     try:
         return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):
+    except Exception:  # a tensor without storage (meta, fake, a subclass): not counted
         return 0
 
 
@@ -214,7 +216,7 @@ def _add(into: dict[str, int], key: str, t: torch.Tensor) -> None:
         return
     try:
         cap = t.untyped_storage().nbytes()
-    except (RuntimeError, NotImplementedError):
+    except Exception:
         cap = addressed_bytes(t)
     into[key] = min(into.get(key, 0) + addressed_bytes(t), cap)
 

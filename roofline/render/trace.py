@@ -11,7 +11,16 @@ from rich.text import Text
 
 from roofline import fmt
 from roofline.analysis.opportunities import Chain, opportunities
-from roofline.analysis.trace import TIME_TOLERANCE, TraceChecks, TraceGroup, checks, groups, per_layer_s, trace_rows
+from roofline.analysis.trace import (
+    TIME_TOLERANCE,
+    TraceChecks,
+    TraceGroup,
+    checks,
+    groups,
+    module_groups,
+    per_layer_s,
+    trace_rows,
+)
 from roofline.render.style import group_color
 from roofline.results import Results, Row
 
@@ -36,13 +45,15 @@ def _group_cells(g: TraceGroup, train: bool) -> list[str]:
 GROUP_COLUMNS = ["op", "calls", "kernels", "time", "share", "FLOPs", "bytes", "AI", "FLOP/s", "B/s", "bound", "% roof"]
 
 
-def groups_table(res: Results) -> Table:
+def groups_table(res: Results, by_module: bool = False) -> Table:
+    """The step by block op (or by module, the layers folded together)."""
     train = _train(res)
-    t = Table(title=fmt.describe_run(res), title_style="bold", header_style="bold", pad_edge=False)
-    columns = GROUP_COLUMNS[:1] + (["phase"] if train else []) + GROUP_COLUMNS[1:]
+    title = "The step by module (layers folded)" if by_module else fmt.describe_run(res)
+    t = Table(title=title, title_style="bold", header_style="bold", pad_edge=False)
+    columns = ["module" if by_module else "op"] + (["phase"] if train else []) + GROUP_COLUMNS[1:]
     for name in columns:
-        t.add_column(name, justify="left" if name in ("op", "phase", "bound") else "right", no_wrap=True)
-    for g in groups(res):
+        t.add_column(name, justify="left" if name in ("op", "module", "phase", "bound") else "right", no_wrap=True)
+    for g in (module_groups(res) if by_module else groups(res)):
         cells = _group_cells(g, train)
         cells[-2] = Text(g.bound, style=BOUND_STYLE.get(g.bound, ""))  # type: ignore[call-overload]
         t.add_row(*cells)
@@ -170,6 +181,7 @@ def print_trace(res: Results, console: Console, kernels: bool = False) -> None:
     """The trace on the terminal: the kernel table (asked for), the groups, the checks, the opportunities."""
     if kernels:
         console.print(kernels_table(res))
+        console.print(groups_table(res, by_module=True))
     console.print(groups_table(res))
     parts: list[Any] = []
     for level, sentence in check_lines(res):
@@ -216,13 +228,13 @@ def summary(res: Results) -> list[str]:
 def context(res: Results) -> dict[str, Any]:
     """The report's trace sections, formatted: groups, checks, opportunities, the kernel table's cells."""
     train = _train(res)
-    group_rows = []
-    for g in groups(res):
-        cells = _group_cells(g, train)
-        group_rows.append({"cells": cells, "bound": g.bound, "color": group_color(g.group),
-                           "pct": min(g.pct_of_roof or 0.0, 100.0)})
+    def formatted(found: list[TraceGroup]) -> list[dict[str, Any]]:
+        return [{"cells": _group_cells(g, train), "bound": g.bound, "color": group_color(g.group),
+                 "pct": min(g.pct_of_roof or 0.0, 100.0)} for g in found]
+
     return {"group_columns": GROUP_COLUMNS[:1] + (["phase"] if train else []) + GROUP_COLUMNS[1:],
-            "groups": group_rows, "checks": check_lines(res), "textbook": textbook_line(res),
+            "groups": formatted(groups(res)), "modules": formatted(module_groups(res)),
+            "checks": check_lines(res), "textbook": textbook_line(res),
             "chain_columns": CHAIN_COLUMNS, "chains": [chain_cells(k, c) for k, c in enumerate(opportunities(res), 1)],
             "zero_flops": [g.op for g in groups(res) if not g.flops]}
 
