@@ -34,6 +34,13 @@ def make(seq_len: int = 16, batch: int = 2):
     return TinyBlock(), (torch.randn(batch, seq_len, 32),)
 
 
+def gpt_block(device: torch.device, dtype: torch.dtype, seq_len: int, batch: int):
+    """A GPT-7B-sized block written by hand (d 4096, 32 heads, FFN 16384): `--module` on a GPU."""
+    torch.manual_seed(0)
+    block = TinyBlock(d=4096, heads=32).to(device=device, dtype=dtype)
+    return block, (torch.randn(batch, seq_len, 4096, device=device, dtype=dtype),)
+
+
 def make_placed(device: torch.device, dtype: torch.dtype, seq_len: int, batch: int):
     """A factory that places its module itself."""
     return make(seq_len, batch)[0].to(device=device, dtype=dtype), {"x": torch.randn(batch, seq_len, 32,
