@@ -142,7 +142,7 @@ def test_profile_csv_to_stdout(capsys, cpu_profile, tmp_path: Path, issue_column
     assert [(r["op"], r["variant"], r["status"]) for r in table] == [("gelu", "torch", "ok")]
 
 
-@pytest.mark.parametrize("model", ["gpt-7b", "llama3-8b"])
+@pytest.mark.parametrize("model", ["gpt-7b", "llama3-8b", "qwen3-8b", "gemma-2-9b"])
 def test_ops_lists_the_catalog(capsys, monkeypatch, model: str) -> None:
     monkeypatch.setenv("COLUMNS", "220")
     assert main(["ops", "--model", model]) == 0
