@@ -295,6 +295,36 @@ def test_bytes_count_what_a_view_addresses() -> None:
     assert addressed_bytes(k[:, :2]) == 2 * 2 * 8 * 4
 
 
+class Event:
+    """A torch.profiler FunctionEvent as _kernel_times reads it: name, device, kernels, children, parent."""
+
+    def __init__(self, name: str, kernels=(), children=(), device=torch.autograd.DeviceType.CPU) -> None:
+        from types import SimpleNamespace
+
+        self.name, self.device_type, self.cpu_parent = name, device, None
+        self.kernels = [SimpleNamespace(name=k, duration=d) for k, d in kernels]
+        self.cpu_children = list(children)
+        for child in self.cpu_children:
+            child.cpu_parent = self
+        self.time_range = SimpleNamespace(elapsed_us=lambda: 7.0)
+
+
+def test_kernels_belong_to_the_call_whose_range_holds_their_op() -> None:
+    """On a GPU a kernel hangs on the innermost CPU op that launched it (aten::mm inside our range); the range's
+    annotation on the GPU timeline, and kernels launched outside any call, are told apart."""
+    from roofline.measure.trace import _kernel_times
+
+    mm = Event("aten::mm", kernels=[("sm90_gemm", 30.0), ("splitk_reduce", 2.0)])
+    call = Event("roofline::0:5", children=[Event("aten::linear", children=[mm])])
+    gpu_annotation = Event("roofline::0:5", device=torch.autograd.DeviceType.CUDA)
+    loose = Event("aten::copy_", kernels=[("memcpy", 4.0)])
+    times, names, outside = _kernel_times([call, *call.cpu_children, mm, gpu_annotation, loose], cuda=True)
+    assert times == {0: {5: pytest.approx(32e-6)}} and names == {5: ["sm90_gemm", "splitk_reduce"]}
+    assert outside == [pytest.approx(4e-6)]
+    cpu_times, cpu_names, _ = _kernel_times([call], cuda=False)  # on a CPU: the range's own time
+    assert cpu_times == {0: {5: pytest.approx(7e-6)}} and cpu_names == {5: []}
+
+
 # --- attribution and fusion opportunities, on rows made by hand -------------------------------------------------
 
 def row(index: int, aten: str, module: str, unit: str = "vector", functions: tuple[str, ...] = (),

@@ -34,6 +34,7 @@ from roofline.measure.targets import Target, make_step
 from roofline.measure.timer import quantile
 from roofline.results import DeviceInfo, Results, Row, Settings, TraceOp, TraceRun, save
 
+_CPU = torch.autograd.DeviceType.CPU
 PROFILED = {"cuda": 3, "cpu": 2}  # profiled steps; a call's time is the median over them
 TIMED = {"cuda": 10, "cpu": 3}  # steps timed whole
 WARM_UP = {"cuda": 2, "cpu": 1}
@@ -222,6 +223,8 @@ def _kernel_times(events: list, cuda: bool) -> tuple[dict[int, dict[int, float]]
     names: dict[int, list[str]] = {}
     outside: list[float] = []
     for e in events:
+        if getattr(e, "device_type", _CPU) != _CPU:  # a kernel, or a range's annotation on the GPU's timeline
+            continue
         if e.name.startswith(RANGE):
             repeat, index = (int(x) for x in e.name[len(RANGE):].split(":"))
             found = list(_kernels(e)) if cuda else []
