@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from roofline import fmt
 from roofline.analysis.trace import TraceGroup, groups, trace_rows
 from roofline.render.figures.labels import Obstacles
+from roofline.render.figures.roofline import roofline_axes
 from roofline.render.figures.roofs import draw_roofs, label_memory_roofs, roofs
 from roofline.render.style import KIND_COLORS, new_figure
 from roofline.results import Results, Row
@@ -43,7 +44,6 @@ def group_rows(res: Results) -> Results:
 def kernels_figure(res: Results) -> Figure:
     """Every call under the roofs: colour = block op, area ∝ time; calls with no FLOPs are left out."""
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter
 
     fig = new_figure(12.5, 7.4)
     ax = fig.add_axes((0.075, 0.085, 0.68, 0.84))
@@ -52,18 +52,8 @@ def kernels_figure(res: Results) -> Figure:
     ops = list(dict.fromkeys(r.op for r in points))
     colors = {op: OP_COLORS[i % len(OP_COLORS)] for i, op in enumerate(ops)}
     all_roofs = roofs(res)
-    xs = [r.intensity for r in points] + [roof.ridge for roof in all_roofs] or [1.0]
-    ys = [r.flops_per_s or 1.0 for r in points] + [roof.peak_flops for roof in all_roofs] or [1.0]
-    xlim = (10 ** math.floor(math.log10(min(xs) / 3)), max(xs) * 6)
-    ylim = (10 ** math.floor(math.log10(min(ys) / 2)), max(ys) * 4)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(*xlim)
-    ax.set_ylim(*ylim)
-    ax.set_xlabel("intensity (FLOP per byte of compulsory DRAM traffic)")
-    ax.set_ylabel("achieved FLOP/s")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.si(v, "FLOP/s")))
-    ax.grid(True, which="major", color="#e4e4e4", linewidth=0.6)
+    xlim, ylim = roofline_axes(ax, [r.intensity for r in points] + [roof.ridge for roof in all_roofs],
+                               [r.flops_per_s or 1.0 for r in points] + [roof.peak_flops for roof in all_roofs])
     longest = max((r.time_median_s or 0.0 for r in points), default=1.0) or 1.0
     for r in points:
         ax.scatter([r.intensity], [r.flops_per_s], s=20 + 280 * (r.time_median_s or 0.0) / longest, zorder=5,
