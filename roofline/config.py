@@ -1,6 +1,8 @@
 """BlockConfig: the shape of the Transformer block being profiled, from a model preset plus CLI options.
 
-Model presets live in `configs/models/<name>.toml` (installed as package data, `roofline.configs`); every CLI
+Model presets live in `configs/models/<name>.toml` (installed as package data, `roofline.configs`), beside the
+Hugging Face `config.json` files of open models (`configs/models/<name>.json`, read by hf_config.py); `--model`
+also takes the path of any Hugging Face config.json or a model id in the local Hugging Face cache. Every CLI
 option overrides the preset. All shape maths used by the op catalog reads from here, so an op's FLOPs and bytes
 formulas only see named dimensions.
 """
@@ -23,7 +25,7 @@ DEFAULT_MODEL = "gpt-7b"
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 MODES = ("prefill", "decode", "train")
-ACTIVATIONS = ("gelu", "swiglu")
+ACTIVATIONS = ("gelu", "swiglu", "geglu")  # geglu: gelu(gate)·up, tanh approximation (Gemma)
 NORMS = ("layernorm", "rmsnorm")
 
 
@@ -59,6 +61,10 @@ class BlockConfig:
     pp: int = 1  # pipeline stages: `layers` blocks split into pp stages of layers/pp blocks, one stage per rank
     layers: int = 1  # blocks in the model a pipeline runs (a profile's rows are one block's ops, per layer)
     microbatches: int = 1  # per pipeline step, each of `batch` sequences (Megatron's micro-batch size = batch)
+    rope: bool = False  # rotary position embeddings applied to Q and K (Llama-style); False: learned positions
+    rope_fraction: float = 1.0  # the share of each head's dims that RoPE rotates (GPT-NeoX: 0.25)
+    qk_norm: bool = False  # RMSNorm over head_dim of Q and K before RoPE (Qwen3, Gemma 3)
+    kv_repeat: bool = False  # the attention copies K and V to every query head first (Hugging Face eager's repeat_kv)
 
     @property
     def q_len(self) -> int:
@@ -81,6 +87,16 @@ class BlockConfig:
     def qkv_dim(self) -> int:
         """Output width of the fused QKV projection: query heads plus two sets of KV heads."""
         return (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+
+    @property
+    def gated(self) -> bool:
+        """A gated FFN (SwiGLU, GeGLU): the up projection makes gate and up halves, 2·d_ffn outputs."""
+        return self.activation in ("swiglu", "geglu")
+
+    @property
+    def rope_dim(self) -> int:
+        """Dims of each head that RoPE rotates: head_dim × rope_fraction, even (pairs rotate together)."""
+        return 2 * int(self.head_dim * self.rope_fraction / 2) if self.rope else 0
 
     @property
     def attn_dim(self) -> int:
@@ -151,15 +167,25 @@ def models_dir() -> Path:
 
 
 def available_models() -> list[str]:
-    return sorted(p.stem for p in models_dir().glob("*.toml"))
+    """Presets (.toml) and shipped Hugging Face configs (.json) of configs/models, by name."""
+    return sorted({p.stem for p in models_dir().glob("*.toml")} | {p.stem for p in models_dir().glob("*.json")})
 
 
 def load_model(name: str) -> dict[str, object]:
-    """Read `configs/models/<name>.toml` (or a path to a .toml file) into a dict of BlockConfig fields."""
+    """Read `configs/models/<name>.toml` (or a path to a .toml file) into a dict of BlockConfig fields; a Hugging
+    Face config (a config.json path or folder, a shipped `<name>.json`, a model id in the local Hugging Face cache)
+    is mapped to them by hf_config.py."""
+    from roofline import hf_config
+
     path = Path(name) if name.endswith(".toml") else models_dir() / f"{name}.toml"
+    if not path.is_file() and not name.endswith(".toml"):
+        found = hf_config.find_config(name, models_dir())
+        if found is not None:
+            return hf_config.block_fields(hf_config.read_config(found), hf_config.model_name(found, name))
     if not path.is_file():
         known = ", ".join(available_models())
-        raise RooflineError(f"unknown model '{name}' (known: {known}, or a path to a .toml file)")
+        raise RooflineError(f"unknown model '{name}' (known: {known}, a path to a .toml file or a Hugging Face "
+                            "config.json, or a model id in the local Hugging Face cache)")
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -213,6 +239,8 @@ def validate(c: BlockConfig) -> BlockConfig:
         raise RooflineError("train mode has no fp8 path (torch._scaled_mm has no backward); use bf16 or fp16")
     if c.mode == "decode" and c.kv_cache_len <= 0:
         raise RooflineError("decode mode needs --kv-len, the KV-cache length (a positive integer)")
+    if not 0.0 < c.rope_fraction <= 1.0:
+        raise RooflineError(f"rope_fraction must be in (0, 1], got {c.rope_fraction}")
     if c.n_experts and not 0 < c.top_k <= c.n_experts:
         raise RooflineError(f"top_k must be in 1..n_experts ({c.n_experts}), got {c.top_k}")
     return c

@@ -78,8 +78,13 @@ def si(value: float | None, unit: str = "") -> str:
 
 def run_fields(results: Results) -> list[str]:
     """The run in a few words, most general first: model, mode, batch, shape, dtype, device."""
-    c = results.run.config
+    c, trace = results.run.config, results.run.trace
     shape = f"seq {c.seq_len}" if c.mode != "decode" else f"kv {c.kv_len}"
+    if trace is not None and trace.kind != "hf":  # a user's module: its shapes are its inputs'
+        return [c.name, c.mode, c.dtype, results.run.device.name]
+    if trace is not None:
+        layers = f"{trace.layers} layers" if trace.layers > 1 else "1 layer"
+        return [c.name, trace.attn_impl, layers, c.mode, f"batch {c.batch}", shape, c.dtype, results.run.device.name]
     parallel = [f"{name.upper()}={getattr(c, name)}" for name in ("tp", "dp", "pp") if getattr(c, name, 1) > 1]
     return [c.name, c.mode, *parallel, f"batch {c.batch}", shape, c.dtype, results.run.device.name]
 

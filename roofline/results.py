@@ -10,6 +10,8 @@ Schema versions: 2 adds `run.fusion_groups`, `run.parallel` (was `tp`, `dp`, `ra
 at the top of `run`) and `run.moe`; version 1 files are read and upgraded on load (their fusion groups are the
 ones the catalog had then, LEGACY_FUSION_GROUPS). Fields added since (`parallel.pp`, `.links`, `.pipeline`, the
 config's `pp`, `layers`, `microbatches`) have defaults: a file without them reads as a run without a pipeline.
+`roofline trace` writes schema 2 too: its run has a `trace` record and each row a `trace` record (the aten op call
+it stands for); files without them read as before.
 """
 
 from __future__ import annotations
@@ -257,6 +259,47 @@ class MoeFlops:
 
 
 @dataclass
+class Textbook:
+    """`profile` of the same shapes beside a trace: the catalog's block unfused and with its best fused variants."""
+
+    unfused_s: float
+    fused_s: float
+    source: str = ""  # the profile's results.json
+    fused_ops: list[str] = field(default_factory=list)  # "attention · sdpa_cudnn", the fusions the best block uses
+    mismatch: str = ""  # how its shapes differ from the trace's, "" when they are the same
+
+
+@dataclass
+class TraceRun:
+    """What `roofline trace` ran and the run-level checks: the step timed whole, its kernels summed, its FLOPs
+    counted by torch's FlopCounterMode.
+
+    A step is one forward (train: forward + backward) of the target: `layers` decoder layers of a Hugging Face
+    model, or a user's module or function. Kernel times are medians over `repeats` profiled steps.
+    """
+
+    target: str
+    kind: str = "module"  # "hf" | "module" | "api"
+    attn_impl: str = ""
+    layers: int = 1
+    repeats: int = 0
+    step_time_s: float | None = None  # the whole step, timed by CUDA events (CPU: perf_counter); median
+    step_samples_s: list[float] = field(default_factory=list)
+    timer: str = ""
+    kernel_time_s: float | None = None  # the step's kernels (CPU: its aten ops) summed; median over repeats
+    kernel_launches: int = 0  # per step
+    outside_time_s: float = 0.0  # kernels launched outside any aten op (a raw Triton launch, say)
+    outside_launches: int = 0
+    flop_counter_flops: float | None = None  # FlopCounterMode's count of one step
+    flop_counter_error: str = ""  # why FlopCounterMode could not count, if it could not
+    peak_mem_bytes: int | None = None  # memory one step allocates beyond what was allocated before it (GPU)
+    outputs: list[str] = field(default_factory=list)  # tensor ids the step hands back (incl. gradients)
+    model_type: str = ""
+    notes: list[str] = field(default_factory=list)
+    textbook: Textbook | None = None
+
+
+@dataclass
 class Run:
     """Everything about a run but its rows: what ran where, against which roofs, and how."""
 
@@ -276,6 +319,7 @@ class Run:
     sweep: SweepGrid | None = None
     counters: CountersPass | None = None
     moe: MoeFlops | None = None
+    trace: TraceRun | None = None
     wall_s: float | None = None
 
     def to_dict(self) -> dict[str, object]:
@@ -286,8 +330,33 @@ class Run:
 
 
 @dataclass
+class TraceOp:
+    """What `roofline trace` knows of a row's aten op call: where it came from and what it touched.
+
+    Tensors are named by ids ("12"): one per storage, a new one for each fresh allocation, so a chain of kernels
+    can tell the tensors it passes along from those it reads from, or hands to, the rest of the step.
+    """
+
+    index: int  # call order in one step: the forward's ops, then the backward's
+    aten_op: str  # "aten::mm"
+    phase: str = "forward"  # "forward" | "backward"
+    module: str = ""  # the innermost module: "layers.0.self_attn.q_proj" (backward: its forward op's)
+    module_class: str = ""
+    functions: list[str] = field(default_factory=list)  # the calling Python functions, innermost first
+    source: str = ""  # file:line of the innermost caller
+    kernels: list[str] = field(default_factory=list)  # the GPU kernels it launched, in order ([] on a CPU)
+    shapes: str = ""  # its input shapes
+    reads: dict[str, int] = field(default_factory=dict)  # tensor id -> bytes read
+    writes: dict[str, int] = field(default_factory=dict)  # tensor id -> bytes written
+    torch_flops: float | None = None  # torch's FLOP formula (torch.utils.flop_counter), where it has one
+    flop_rule: str = ""  # how `flops` was counted: torch, attention, pointwise, data movement, none
+    forward_index: int | None = None  # backward: the forward op whose gradient it computes
+    node: str = ""  # backward: the autograd node ("MmBackward0")
+
+
+@dataclass
 class Row:
-    """One measured (or skipped, or failed) variant of one op."""
+    """One measured (or skipped, or failed) variant of one op; for `roofline trace`, one aten op call."""
 
     op: str
     variant: str
@@ -356,6 +425,7 @@ class Row:
     saved_bytes: int | None = None  # tensors autograd keeps for the backward (one count per storage)
     saved_new_bytes: int | None = None  # of which not the op's inputs: the activation memory the op adds
     rank: int | None = None  # `profile --tp N`: the rank that measured the row; None for one device or the max
+    trace: TraceOp | None = None  # `roofline trace`: the aten op call (op is the block op it is attributed to)
 
     @property
     def key(self) -> tuple[str, str, int, int, int, str, str]:
@@ -378,9 +448,19 @@ class Results:
                 "rows": [_clean(dataclasses.asdict(r)) for r in self.rows]}
 
     def to_dataframe(self, with_samples: bool = False) -> pd.DataFrame:
+        """One column per Row field; a trace row's record spread over trace_* columns (its tensor ids left out)."""
         import pandas as pd
 
-        df = pd.DataFrame([dataclasses.asdict(r) for r in self.rows], columns=ROW_FIELDS)
+        records = []
+        for r in self.rows:
+            record = dataclasses.asdict(r)
+            trace = record.pop("trace")
+            if trace is not None:
+                record.update({f"trace_{k}": v for k, v in trace.items() if k not in ("reads", "writes")})
+            records.append(record)
+        columns = [c for c in ROW_FIELDS if c != "trace"]
+        columns += [c for c in dict.fromkeys(k for record in records for k in record) if c not in columns]
+        df = pd.DataFrame(records, columns=columns)
         return df if with_samples else df.drop(columns=["time_samples_s"])
 
     def ok_rows(self) -> list[Row]:
@@ -512,7 +592,10 @@ def load(path: str | Path) -> Results:
         missing = [k for k in REQUIRED_FIELDS if k not in raw]
         if missing:
             raise RooflineError(f"{path}: row {i} lacks {', '.join(missing)}")
-        parsed.append(Row(**{k: v for k, v in raw.items() if k in ROW_FIELDS}))
+        values = {k: v for k, v in raw.items() if k in ROW_FIELDS}
+        if isinstance(values.get("trace"), dict):
+            values["trace"] = from_dict(TraceOp, values["trace"])
+        parsed.append(Row(**values))
     try:
         run = run_from_dict(data["run"])
     except (TypeError, ValueError) as exc:

@@ -63,6 +63,19 @@ for step in "$@"; do
             timed mixtral roofline profile --model mixtral-8x7b --seq-len 8192 --out "$R/mixtral-8x7b-s8192" ;;
     ncu) timed ncu env OUT="$R/ncu" bash scripts/capture_ncu_fixture.sh ;;
     kernels-test) timed kernels-test python3 -m pytest -q tests/test_kernels.py -m "gpu or not gpu" ;;
+    trace-profile)  # the textbook block of the traced Llama-3-8B layer (its Hugging Face config), prefill and train
+            timed profile-hf-llama roofline profile --model meta-llama-3-8b --seq-len 8192 --out "$R/meta-llama-3-8b-s8192"
+            timed profile-hf-llama-train roofline profile --model meta-llama-3-8b --mode train --seq-len 8192 --out "$R/meta-llama-3-8b-train-s8192" ;;
+    trace)  # Hugging Face's LlamaDecoderLayer at seq 8192: eager and sdpa, prefill and train, beside trace-profile's block
+            for impl in eager sdpa; do
+              timed "trace-$impl" roofline trace --hf meta-llama-3-8b --seq-len 8192 --attn-impl "$impl" --compare-profile "$R/meta-llama-3-8b-s8192/results.json" --out "$R/trace-llama3-8b-$impl-s8192"
+              timed "trace-$impl-train" roofline trace --hf meta-llama-3-8b --seq-len 8192 --attn-impl "$impl" --mode train --compare-profile "$R/meta-llama-3-8b-train-s8192/results.json" --out "$R/trace-llama3-8b-$impl-train-s8192"
+            done ;;
+    trace-more)  # a second family (Qwen3: QK-norm; Mixtral: experts) and a plain nn.Module via --module
+            timed trace-qwen3 roofline trace --hf qwen3-8b --seq-len 8192 --attn-impl sdpa --with-profile --out "$R/trace-qwen3-8b-sdpa-s8192"
+            timed trace-mixtral roofline trace --hf mixtral-8x7b-v0.1 --seq-len 8192 --attn-impl sdpa --out "$R/trace-mixtral-8x7b-sdpa-s8192"
+            timed trace-module roofline trace --module tests.trace_factories:gpt_block --seq-len 8192 --kernels --out "$R/trace-module-gpt-block-s8192" ;;
+    trace-test) timed trace-test python3 -m pytest -q tests/test_trace.py -m "gpu or not gpu" ;;
     *) log "unknown step $step" ;;
   esac
   # packed after every step, so a run cut short by its time limit still brings back what it measured

@@ -143,7 +143,7 @@ def test_profile_csv_to_stdout(capsys, cpu_profile, tmp_path: Path, issue_column
     assert [(r["op"], r["variant"], r["status"]) for r in table] == [("gelu", "torch", "ok")]
 
 
-@pytest.mark.parametrize("model", ["gpt-7b", "llama3-8b"])
+@pytest.mark.parametrize("model", ["gpt-7b", "llama3-8b", "qwen3-8b", "gemma-2-9b"])
 def test_ops_lists_the_catalog(capsys, monkeypatch, model: str) -> None:
     monkeypatch.setenv("COLUMNS", "220")
     assert main(["ops", "--model", model]) == 0
@@ -152,8 +152,9 @@ def test_ops_lists_the_catalog(capsys, monkeypatch, model: str) -> None:
     assert listed == {op.name for op in ops_for(make_config(model))}
 
 
-def test_ops_of_both_presets_cover_every_op() -> None:
-    both = {op.name for m in ("gpt-7b", "llama3-8b", "mixtral-8x7b") for op in ops_for(make_config(m))}
+def test_ops_of_the_shipped_models_cover_every_op() -> None:
+    models = ("gpt-7b", "llama3-8b", "mixtral-8x7b", "qwen3-8b", "gemma-2-9b")
+    both = {op.name for m in models for op in ops_for(make_config(m))}
     assert both == {op.name for op in CATALOG}
 
 

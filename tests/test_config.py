@@ -134,7 +134,7 @@ def test_every_package_ships_in_the_wheel() -> None:
     assert setuptools["package-dir"] == {"roofline": "roofline", "roofline.kernels": "kernels",
                                          "roofline.configs": "configs"}
     data = setuptools["package-data"]
-    assert sorted(data["roofline.configs"]) == ["devices/*.toml", "models/*.toml"]
+    assert sorted(data["roofline.configs"]) == ["devices/*.toml", "models/*.json", "models/*.toml"]
     assert (repo / "roofline/render/templates/report.html.j2").is_file() and data["roofline.render.templates"]
 
 

@@ -11,13 +11,15 @@ from roofline.ops import BLOCK_ORDER, CATALOG, get_op, ops_for
 from roofline.ops.attention import is_causal
 
 TENSOR_OPS = [op.name for op in CATALOG if op.unit == "tensor"]
-# (model, overrides): MHA + GELU bidirectional (every pair counted), GQA 6/2 + SwiGLU causal, and GQA decode
-# against a 41-token cache.
+# (model, overrides): MHA + GELU bidirectional (every pair counted), GQA 6/2 + SwiGLU + RoPE causal, and GQA decode
+# against a 41-token cache; a Qwen3-like block (QK-norm, K/V copied per query head) and a Gemma-like one (GeGLU).
 SHAPES = {
     "gpt": ("gpt-7b", {"causal": False}),
     "llama": ("llama3-8b", {}),
     "llama-decode": ("llama3-8b", {"mode": "decode", "kv_cache_len": 41, "batch": 3}),
     "mixtral": ("mixtral-8x7b", {}),
+    "qwen": ("llama3-8b", {"qk_norm": True, "kv_repeat": True}),
+    "gemma": ("llama3-8b", {"activation": "geglu"}),
 }
 
 
@@ -91,6 +93,12 @@ HAND = {
     # routing sends 148 slots to all 8 experts, so every expert's weights (3·d·d_ffn each) are read.
     ("mixtral", "moe_router"): (2 * T * D * 8, (T * D + 8 * D + T * 2) * 2 + T * 2 * 8),
     ("mixtral", "moe_experts"): (2 * 3 * T * 2 * D * F, (2 * T * D + T * 2 + 8 * 3 * D * F) * 2 + T * 2 * 8),
+    # RoPE rotates all 16 dims of the 6 query and 2 KV heads; QK-norm normalises them; repeat_kv reads K and V
+    # (2 heads) and writes them for 6; GeGLU is SwiGLU's shape with gelu-tanh's 9 FLOPs + the product.
+    ("llama", "rope"): (3 * T * 8 * HD, 2 * T * 8 * HD * 2),
+    ("qwen", "qk_norm"): (4 * T * 8 * HD, (2 * T * 8 * HD + 2 * HD) * 2),
+    ("qwen", "repeat_kv"): (0, 2 * (B * 2 * N * HD + B * 6 * N * HD) * 2),
+    ("gemma", "geglu"): (10 * T * F, 3 * T * F * 2),
 }
 
 
@@ -114,12 +122,14 @@ def nbytes(value: object) -> int:
 
 # RMSNorm shares LayerNorm's inputs (x, weight, bias) but never reads the bias.
 UNREAD_INPUTS = {("rmsnorm", "rmsnorm"): {"bias"}, ("rmsnorm", "residual_dropout_norm"): {"bias"}}
-ALL_OPS = [(model, op.name) for model in ("gpt-7b", "llama3-8b") for op in ops_for(make_config(model))]
+ALL_OPS = [(shape, op.name) for shape in ("gpt", "llama", "qwen", "gemma")
+           for op in ops_for(make_config(SHAPES[shape][0], **SHAPES[shape][1]))]
 
 
-@pytest.mark.parametrize(("model", "name"), ALL_OPS)
-def test_min_bytes_is_inputs_read_once_plus_outputs_written_once(small_config, model: str, name: str) -> None:
-    config = small_config(model, causal=False)  # a causal mask is computed, not read: keep it out
+@pytest.mark.parametrize(("shape", "name"), ALL_OPS)
+def test_min_bytes_is_inputs_read_once_plus_outputs_written_once(small_config, shape: str, name: str) -> None:
+    model, overrides = SHAPES[shape]
+    config = small_config(model, **{**overrides, "causal": False})  # a causal mask is computed, not read: keep it out
     op = get_op(name)
     inputs = inputs_for(op, config)
     unread = UNREAD_INPUTS.get((config.norm, name), set())

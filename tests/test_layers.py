@@ -5,7 +5,9 @@ cli → measure → analysis → render, over the catalog (ops), the contract (r
 - measure never imports render; render never imports measure, the catalog or torch; analysis imports none of
   measure, render, the catalog, torch;
 - the catalog (ops) imports no layer but the contract and the base modules;
-- the contract and base modules (results, config, errors, fmt) import no layer;
+- the contract and base modules (results, config, hf_config, errors, fmt) import no layer;
+- the package root is the Python API (`roofline.trace`): it may reach measure, inside its function only (importing
+  roofline loads no torch), never cli;
 - kernels/ imports nothing of roofline outside itself;
 - no import cycle among roofline's modules.
 Every import counts, also one inside a function. And at call time: in a fresh interpreter where importing torch
@@ -24,7 +26,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "reports" / "reference"
-BASE = {"roofline", "roofline.results", "roofline.config", "roofline.errors", "roofline.fmt"}
+BASE = {"roofline.results", "roofline.config", "roofline.hf_config", "roofline.errors", "roofline.fmt"}
 HEAVY = ("torch", "triton")
 
 
@@ -72,12 +74,15 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if module == "roofline.__main__":  # `python -m roofline` is the command line
         return "cli"
+    if module == "roofline":  # the package root: the Python API
+        return "api"
     if module in BASE or len(parts) < 2:
         return "base"
     return parts[1] if parts[1] in ("cli", "measure", "analysis", "render", "ops", "kernels") else "base"
 
 
 FORBIDDEN = {  # layer -> layers (and heavy packages) it may not import
+    "api": {"cli", "render", "torch", "triton"},
     "measure": {"cli", "render"},
     "analysis": {"cli", "measure", "render", "ops", "torch", "triton"},
     "render": {"cli", "measure", "ops", "torch", "triton"},
@@ -131,6 +136,8 @@ def test_no_import_cycle() -> None:
     ("roofline.measure.parallel", "roofline.cli.console"),  # the CLI as a hub
     ("roofline.render.table", "torch"),
     ("roofline.kernels.softmax", "roofline.results"),
+    ("roofline", "roofline.cli.console"),  # the Python API reaching for the command line
+    ("roofline.hf_config", "roofline.measure.hf"),  # a base module reaching into measuring
 ])
 def test_a_reintroduced_back_arrow_is_caught(module: str, target: str) -> None:
     """The check is not vacuous: each of today's old back-arrows, put back, is reported."""
@@ -177,3 +184,12 @@ def test_report_compare_and_tp_scaling_never_load_torch(tmp_path: Path) -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"codes": [0, 0, 0], "loaded": []}
     assert (tmp_path / "report" / "report.html").stat().st_size > 0 and (tmp_path / "c.html").stat().st_size > 0
+
+
+def test_importing_roofline_loads_no_torch() -> None:
+    """The Python API (roofline.trace) loads torch when called, not when roofline is imported."""
+    code = ("import sys, roofline; assert callable(roofline.trace); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'triton')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

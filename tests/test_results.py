@@ -26,10 +26,13 @@ from roofline.results import (
     Row,
     Run,
     SweepGrid,
+    TraceOp,
     atomic_write,
 )
 
-VIEW_COLUMNS = [name for name in ROW_FIELDS if name != "time_samples_s"]
+VIEW_COLUMNS = [name for name in ROW_FIELDS if name not in ("time_samples_s", "trace")]
+# A trace row's record is spread over trace_* columns (its tensor ids, reads and writes, stay in the JSON).
+TRACE_COLUMNS = [f"trace_{f.name}" for f in dataclasses.fields(TraceOp) if f.name not in ("reads", "writes")]
 
 
 def distinct_row(seed: int = 0) -> Row:
@@ -37,7 +40,12 @@ def distinct_row(seed: int = 0) -> Row:
     values: dict[str, object] = {}
     for i, f in enumerate(dataclasses.fields(Row), start=seed):
         kind = str(f.type)
-        if kind == "bool":
+        if f.name == "trace":
+            values[f.name] = TraceOp(index=i, aten_op=f"aten::op{i}", phase="backward", module=f"layers.{i}",
+                                     module_class="Linear", functions=[f"f{i}"], source=f"m.py:{i}",
+                                     kernels=[f"k{i}"], shapes=f"{i}×2", reads={str(i): i}, writes={str(i + 1): i},
+                                     torch_flops=i + 0.5, flop_rule="torch", forward_index=i, node="MmBackward0")
+        elif kind == "bool":
             values[f.name] = True
         elif kind.startswith("list"):
             values[f.name] = [i + 0.25, i + 0.75]
@@ -173,11 +181,15 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_no_temp(tmp_path: Path) ->
 
 def test_dataframe_and_csv_columns(issue_columns: list[str]) -> None:
     res = Results(run=RUN, rows=[distinct_row(), distinct_row(50)])
-    assert list(res.to_dataframe().columns) == VIEW_COLUMNS
-    assert list(res.to_dataframe(with_samples=True).columns) == ROW_FIELDS
+    assert list(res.to_dataframe().columns) == VIEW_COLUMNS + TRACE_COLUMNS
+    with_samples = [*VIEW_COLUMNS[:VIEW_COLUMNS.index("host_time_s")], "time_samples_s",
+                    *VIEW_COLUMNS[VIEW_COLUMNS.index("host_time_s"):]]
+    assert list(res.to_dataframe(with_samples=True).columns) == with_samples + TRACE_COLUMNS
     assert list(Results(run=RUN).to_dataframe().columns) == VIEW_COLUMNS
+    profile_rows = Results(run=RUN, rows=[dataclasses.replace(distinct_row(), trace=None)])
+    assert list(profile_rows.to_dataframe().columns) == VIEW_COLUMNS  # no trace_* columns in a profile's CSV
     table = list(csv.reader(io.StringIO(results.to_csv_text(res))))
-    assert table[0] == VIEW_COLUMNS and len(table) == 3
+    assert table[0] == VIEW_COLUMNS + TRACE_COLUMNS and len(table) == 3
     assert set(issue_columns) <= set(VIEW_COLUMNS)
 
 

@@ -118,6 +118,10 @@ def compare_files(paths: list[str], threshold: float, metric: str = "time") -> l
     if len(paths) < 2:
         raise RooflineError("compare needs at least two results files: BASE NEW [MORE…]")
     runs = [load(p) for p in paths]
+    traced = next((p for p, r in zip(paths, runs, strict=True) if r.run.trace is not None), None)
+    if traced:
+        raise RooflineError(f"{traced} is a `roofline trace`: compare reads `profile` runs (its rows are one per op "
+                            "variant; a trace's, one per aten op call)")
     base = runs[0]
     comparisons = []
     for path, new in zip(paths[1:], runs[1:], strict=True):

@@ -23,6 +23,7 @@ from roofline.cli.profile import profile
 from roofline.cli.report import report
 from roofline.cli.sweep import sweep
 from roofline.cli.tp_scaling import tp_scaling
+from roofline.cli.trace import trace
 from roofline.errors import EXIT_BAD_INPUT, RooflineError
 
 # An argument's help names what it is ("results.json files (or their folders)"): typer's own type label beside it
@@ -47,7 +48,8 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 for name, command in (("profile", profile), ("ops", list_ops), ("devices", devices), ("calibrate", calibrate),
-                      ("report", report), ("compare", compare), ("sweep", sweep), ("tp-scaling", tp_scaling)):
+                      ("report", report), ("compare", compare), ("sweep", sweep), ("tp-scaling", tp_scaling),
+                      ("trace", trace)):
     app.command(name)(command)
 
 

@@ -135,8 +135,17 @@ def _count(res: Results, pairs: list[tuple[str, str]], config: BlockConfig, out_
 
 def show(res: Results, out_dir: Path, json_out: str | None, csv_out: str | None, plots: bool) -> None:
     """--json/--csv (to a file, or '-': stdout instead of the table), the table, then the figures and report."""
-    from roofline import results
     from roofline.render.table import print_results
+
+    if not write_data(res, json_out, csv_out):
+        print_results(res, stdout)
+    if plots:
+        render_files([res], out_dir)
+
+
+def write_data(res: Results, json_out: str | None, csv_out: str | None) -> bool:
+    """--json/--csv to their files, or to stdout for '-'; returns whether stdout got them (then no table)."""
+    from roofline import results
 
     wrote_stdout = False
     for target, text in ((json_out, results.to_json_text), (csv_out, results.to_csv_text)):
@@ -145,18 +154,15 @@ def show(res: Results, out_dir: Path, json_out: str | None, csv_out: str | None,
             wrote_stdout = True
         elif target:
             results.atomic_write(Path(target), text(res))
-    if not wrote_stdout:
-        print_results(res, stdout)
-    if plots:
-        render_files([res], out_dir)
+    return wrote_stdout
 
 
-def render_files(results_list: list[Results], out_dir: Path) -> None:
+def render_files(results_list: list[Results], out_dir: Path, kernels: bool = False) -> None:
     """Figures and the HTML report beside results.json; a rendering error is a warning (the results are saved)."""
     from roofline.render.html import render_all
 
     try:
-        for path in render_all(results_list, out_dir):
+        for path in render_all(results_list, out_dir, kernels=kernels):
             info(f"Wrote {path}")
     except Exception as exc:
         warn(f"could not render plots/report: {exc}")

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 from roofline.config import BlockConfig
 from roofline.errors import RooflineError
-from roofline.ops import attention, comm, ffn, moe, norm
+from roofline.ops import attention, comm, ffn, moe, norm, rope
 from roofline.ops.base import Op, Variant
 from roofline.results import FusionGroup
 
-_BY_NAME = {op.name: op for op in (*norm.OPS, *attention.OPS, *ffn.OPS, *moe.OPS, *comm.OPS)}
+_BY_NAME = {op.name: op for op in (*norm.OPS, *attention.OPS, *rope.OPS, *ffn.OPS, *moe.OPS, *comm.OPS)}
 
-# Block order: norm → QKV → attention core → out proj (→ its all-reduce) → dropout/residual (+ fused) → FFN
-# (dense, or MoE router and experts) → FFN-down's all-reduce → (train, --dp) the gradients' all-reduce.
+# Block order: norm → QKV → QK-norm → RoPE → K/V expansion → attention core → out proj (→ its all-reduce) →
+# dropout/residual (+ fused) → FFN (dense, or MoE router and experts) → FFN-down's all-reduce → (train, --dp) the
+# gradients' all-reduce.
 BLOCK_ORDER: tuple[Op, ...] = tuple(_BY_NAME[name] for name in (
-    "layernorm", "rmsnorm", "qkv_proj", "qk_t", "softmax", "attn_v", "attention", "out_proj", "allreduce_out_proj",
-    "dropout", "residual_add", "residual_dropout_norm", "ffn_up", "gelu", "swiglu", "ffn_down",
+    "layernorm", "rmsnorm", "qkv_proj", "qk_norm", "rope", "repeat_kv", "qk_t", "softmax", "attn_v", "attention",
+    "out_proj", "allreduce_out_proj", "dropout", "residual_add", "residual_dropout_norm", "ffn_up", "gelu", "swiglu",
+    "geglu", "ffn_down",
     "moe_router", "moe_experts", "allreduce_ffn_down", "p2p_activation", "allreduce_grads",
 ))
 assert len(BLOCK_ORDER) == len(_BY_NAME), "every declared op must have a place in the block order"
@@ -64,17 +66,18 @@ def gemm_shapes(config: BlockConfig) -> tuple[tuple[int, int, int], ...]:
 
 def describe(config: BlockConfig) -> list[dict[str, object]]:
     """The block's ops as plain data for `roofline ops`: name, unit, FLOPs and bytes at this config, variants
-    (name, fused), and the formulas exactly as declared (train mode: the backward's too). per_block: how often one
-    rank runs the op per microbatch: its times per block × the layers of a pipeline stage (1 for the stage's
-    send/recv, which runs once per microbatch)."""
+    (name, fused), and the formulas exactly as declared (train mode: the backward's too); a fused op's chain as this
+    block has it. per_block: how often one rank runs the op per microbatch: its times per block × the layers of a
+    pipeline stage (1 for the stage's send/recv, which runs once per microbatch)."""
     out = []
-    for op in ops_for(config):
+    ops = ops_for(config)
+    names = {op.name for op in ops}
+    for op in ops:
         formulas = [op.doc, f"FLOPs = {op.flops.text}", f"bytes = {op.min_bytes.text}"]
         if config.mode == "train" and op.backward_flops and op.backward_bytes:
             formulas += [f"backward FLOPs = {op.backward_flops.text}", f"backward bytes = {op.backward_bytes.text}"]
-        if op.replaces:
-            here = {o.name for o in ops_for(config)}
-            formulas.append(f"replaces: {' → '.join(n for n in op.replaces if n in here)}")
+        if op.replaces:  # the chain of this block (as fusion_groups): the ops of it that apply
+            formulas.append(f"replaces: {' → '.join(n for n in op.replaces if n in names)}")
         layers = 1 if op.group == "pipeline" else config.stage_layers
         out.append({"name": op.name, "group": op.group, "per_block": op.per_block * layers, "unit": op.unit,
                     "flops": op.step_flops(config), "min_bytes": op.step_bytes(config),

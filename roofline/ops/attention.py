@@ -7,6 +7,9 @@ V and writes O once, O(N) memory, and the whole chain becomes one compute-bound 
 
 Grouped-query attention (n_kv_heads < n_heads) is computed without repeating K and V: the query heads that
 share a KV head are stacked along the row dimension, so the matmuls see [b·kv_heads, group·q_len, head_dim].
+An implementation that does copy them (Hugging Face's eager attention: `repeat_kv`) pays the copy as an op of its
+own, repeat_kv, in the block of a config with `kv_repeat` (the Hugging Face configs of GQA models); the fused
+kernels read the shared heads in place, so the attention fusion group replaces the copy too.
 """
 
 from __future__ import annotations
@@ -18,7 +21,17 @@ import torch.nn.functional as F
 
 from roofline.config import BlockConfig
 from roofline.errors import Unsupported
-from roofline.ops.base import Formula, Inputs, Op, Variant, needs_cuda, needs_triton, rand, take_rows
+from roofline.ops.base import (
+    Formula,
+    Inputs,
+    Op,
+    Variant,
+    needs_cuda,
+    needs_triton,
+    rand,
+    relative_error,
+    take_rows,
+)
 from roofline.ops.linear import linear_op
 
 
@@ -81,6 +94,39 @@ def _qkv_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> I
 def _mask_input(c: BlockConfig, device: torch.device) -> Inputs:
     return {"mask": causal_mask(c, device)} if is_causal(c) else {}
 
+
+def _repeat_kv_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+    return {"k": rand((c.batch, c.n_kv_heads, c.kv_len, c.head_dim), c, device, gen),
+            "v": rand((c.batch, c.n_kv_heads, c.kv_len, c.head_dim), c, device, gen)}
+
+
+def repeat_kv(t: torch.Tensor, c: BlockConfig) -> torch.Tensor:
+    """Hugging Face's repeat_kv: [b, kv_heads, n, hd] → [b, heads, n, hd], each KV head copied group times."""
+    group = c.n_heads // c.n_kv_heads
+    b, kv_heads, n, hd = t.shape
+    return t[:, :, None].expand(b, kv_heads, group, n, hd).reshape(b, kv_heads * group, n, hd)
+
+
+def _repeat_kv_check(c: BlockConfig, i: Inputs, output: object, rows: torch.Tensor) -> float:
+    k, v = output  # type: ignore[misc]
+    return max(relative_error(take_rows(k, rows), _expand_kv(take_rows(i["k"], rows), c)),
+               relative_error(take_rows(v, rows), _expand_kv(take_rows(i["v"], rows), c)))
+
+
+REPEAT_KV = Op(
+    name="repeat_kv", group="attention", unit="vector",
+    flops=Formula("0", "a copy: no arithmetic"),
+    min_bytes=Formula("2*(b*h_kv*kv*hd + b*h*kv*hd)*bytes", "read K and V once, write them h/h_kv times"),
+    make_inputs=_repeat_kv_inputs,
+    reference=lambda c, i, rows: _expand_kv(take_rows(i["k"], rows), c),
+    check=_repeat_kv_check,
+    variants=(Variant("torch", lambda c, i: lambda: (repeat_kv(i["k"], c), repeat_kv(i["v"], c)),
+                      doc="expand + reshape (a copy), as Hugging Face's repeat_kv"),),
+    doc="Grouped-query K/V expansion to every query head, where the implementation materialises it (HF eager).",
+    backward_flops=Formula("2*b*(h - h_kv)*kv*hd", "dK, dV: the group's gradients summed, h/h_kv − 1 adds each"),
+    backward_bytes=Formula("2*(b*h*kv*hd + b*h_kv*kv*hd)*bytes", "read the expanded gradients, write dK, dV"),
+    applies=lambda c: c.kv_repeat and c.n_kv_heads < c.n_heads,
+)
 
 QKV_PROJ = linear_op(
     "qkv_proj", "attention", lambda c: c.d_model, lambda c: c.qkv_dim,
@@ -239,7 +285,7 @@ ATTENTION = Op(
                 applies=lambda c: c.mode == "decode",
                 doc="kernels/flash_decoding.py: flash-decoding, the KV cache split across programs"),
     ),
-    replaces=("qk_t", "softmax", "attn_v"),
+    replaces=("repeat_kv", "qk_t", "softmax", "attn_v"),
     doc="The whole attention core, naive (unfused chain end to end) vs fused kernels.",
     backward_flops=Formula("8*b*h*hd*pairs", "dV = Pᵀ·dO, dP = dO·Vᵀ, dQ = dS·K, dK = dSᵀ·Q; FlashAttention's "
                            "recomputation of S = Q·Kᵀ, a fifth matmul, is not useful work and is not counted"),
@@ -251,5 +297,5 @@ OUT_PROJ = linear_op(
     "out_proj", "attention", lambda c: c.attn_dim, lambda c: c.d_model,
     "The attention output projection: O·W_oᵀ back to d_model.", "K = heads·head_dim, N = d_model")
 
-OPS = (QKV_PROJ, QK_T, SOFTMAX, ATTN_V, ATTENTION, OUT_PROJ)
+OPS = (QKV_PROJ, REPEAT_KV, QK_T, SOFTMAX, ATTN_V, ATTENTION, OUT_PROJ)
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from roofline.config import BlockConfig
 from roofline.ops.base import Formula, Inputs, Op, Variant, rand, take_rows
-from roofline.ops.ffn import swiglu, up_width
+from roofline.ops.ffn import geglu, swiglu, up_width
 from roofline.results import MoeFlops
 
 
@@ -28,6 +28,8 @@ def moe(c: BlockConfig) -> bool:
 
 
 def activation(c: BlockConfig, h: torch.Tensor) -> torch.Tensor:
+    if c.activation == "geglu":
+        return geglu(h)
     return swiglu(h) if c.activation == "swiglu" else F.gelu(h)
 
 

@@ -1,4 +1,4 @@
-"""Memory-bound token-wise ops: LayerNorm, RMSNorm, dropout, residual add, and their fusion.
+"""Memory-bound token-wise ops: LayerNorm, RMSNorm, QK-norm, dropout, residual add, and their fusion.
 
 Each reads a [tokens, d_model] activation once and writes one back: a handful of FLOPs per element against
 2–6 bytes moved, so they sit far left on the roofline and their time is bytes / bandwidth.
@@ -86,6 +86,42 @@ RMSNORM = Op(
     backward_flops=Formula("9*T*d", "x̂ 1, g = dy·w 1, dw += dy·x̂ 2, Σg·x̂ 2, dx = rstd·(g − x̂·mean(g·x̂)) 3"),
     backward_bytes=Formula("(3*T*d + 2*d)*bytes", "read x, dy, weight; write dx, dweight"),
     applies=lambda c: c.norm == "rmsnorm",
+)
+
+
+def _qk_norm_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
+    return {"q": rand((c.batch, c.n_heads, c.q_len, c.head_dim), c, device, gen),
+            "k": rand((c.batch, c.n_kv_heads, c.q_len, c.head_dim), c, device, gen),
+            "q_weight": rand((c.head_dim,), c, device, gen, scale=0.5).add_(1.0),
+            "k_weight": rand((c.head_dim,), c, device, gen, scale=0.5).add_(1.0)}
+
+
+def _qk_norm(c: BlockConfig, i: Inputs):
+    q, k, qw, kw, shape = i["q"], i["k"], i["q_weight"], i["k_weight"], (c.head_dim,)
+    return lambda: (F.rms_norm(q, shape, qw, c.norm_eps), F.rms_norm(k, shape, kw, c.norm_eps))
+
+
+def _qk_norm_check(c: BlockConfig, i: Inputs, output: object, rows: torch.Tensor) -> float:
+    q, k = output  # type: ignore[misc]
+    return max(relative_error(take_rows(q, rows), rmsnorm_reference(take_rows(i["q"], rows), i["q_weight"],
+                                                                    c.norm_eps)),
+               relative_error(take_rows(k, rows), rmsnorm_reference(take_rows(i["k"], rows), i["k_weight"],
+                                                                    c.norm_eps)))
+
+
+QK_NORM = Op(
+    name="qk_norm", group="norm", unit="vector",
+    flops=Formula("4*T*(h + h_kv)*hd", "RMSNorm of each head of Q and K over head_dim: square, sum, scale, weight"),
+    min_bytes=Formula("(2*T*(h + h_kv)*hd + 2*hd)*bytes", "read Q, K and the two weight vectors; write Q, K"),
+    make_inputs=_qk_norm_inputs,
+    reference=lambda c, i, rows: rmsnorm_reference(take_rows(i["q"], rows), i["q_weight"], c.norm_eps),
+    check=_qk_norm_check,
+    variants=(Variant("torch", _qk_norm, doc="F.rms_norm over head_dim, for Q then K"),),
+    doc="QK-norm (Qwen3, Gemma 3): RMSNorm over head_dim of each query and key head, before RoPE.",
+    backward_flops=Formula("9*T*(h + h_kv)*hd", "RMSNorm's backward per element (see rmsnorm)"),
+    backward_bytes=Formula("(3*T*(h + h_kv)*hd + 4*hd)*bytes", "read Q, K, their gradients and the weights; write dQ, "
+                           "dK and the weights' gradients"),
+    applies=lambda c: c.qk_norm,
 )
 
 
@@ -268,4 +304,4 @@ RESIDUAL_DROPOUT_NORM = Op(
                            _norm_dims),
 )
 
-OPS = (LAYERNORM, RMSNORM, DROPOUT, RESIDUAL_ADD, RESIDUAL_DROPOUT_NORM)
+OPS = (LAYERNORM, RMSNORM, QK_NORM, DROPOUT, RESIDUAL_ADD, RESIDUAL_DROPOUT_NORM)

@@ -48,10 +48,11 @@ def write_figure(fig: Figure, out_dir: Path, name: str, png: bool = True, svg: b
 
 
 def render_all(results_list: list[Results], out_dir: Path, html: bool = True, png: bool = True,
-               svg: bool = True) -> list[Path]:
+               svg: bool = True, kernels: bool = False) -> list[Path]:
     """Write roofline.{png,svg}, time_split.{png,svg} (and counters_roofline.* for a --counters run) and
     report.html into out_dir; returns the paths written. A results file that holds several shapes (a `sweep` over
-    sequence lengths or dtypes) renders as one run per shape, overlaid as several files would be."""
+    sequence lengths or dtypes) renders as one run per shape, overlaid as several files would be. A trace renders
+    alone: its roofline has a point per block op (per call with `kernels`), its time figure a bar per block op."""
     from roofline.render.figures.counters import counters_figure
     from roofline.render.figures.roofline import roofline_figure
     from roofline.render.figures.time_split import time_split_figure
@@ -62,13 +63,18 @@ def render_all(results_list: list[Results], out_dir: Path, html: bool = True, pn
         if not res.ok_rows():
             raise RooflineError(f"nothing to plot for {describe_run(res)}: none of its {len(res.rows)} rows "
                                 "was measured (all failed or skipped)")
-    results_list = [part for res in results_list for part in _by_shape(res) if part.ok_rows()]
+    traced = any(res.run.trace is not None for res in results_list)
+    if traced and len(results_list) > 1:
+        raise RooflineError("a trace renders alone: give `roofline report` one trace's results.json at a time")
+    if not traced:
+        results_list = [part for res in results_list for part in _by_shape(res) if part.ok_rows()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RooflineError(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
     written, images = [], {}
-    figures = {"roofline": roofline_figure(results_list), "time_split": time_split_figure(results_list)}
+    figures = _trace_figures(results_list[0], kernels) if traced else {
+        "roofline": roofline_figure(results_list), "time_split": time_split_figure(results_list)}
     counted = next((res for res in results_list if any(r.measured_kernels for r in res.rows)), None)
     counters = counters_figure(counted) if counted else None
     if counters is not None:
@@ -81,6 +87,16 @@ def render_all(results_list: list[Results], out_dir: Path, html: bool = True, pn
     if html:
         written.append(atomic_write(out_dir / "report.html", report_html(results_list, images)))
     return written
+
+
+def _trace_figures(res: Results, kernels: bool) -> dict[str, Figure]:
+    """A trace's roofline (its block ops, or every call) and where its time goes."""
+    from roofline.render.figures.roofline import roofline_figure
+    from roofline.render.figures.trace import group_rows, kernels_figure, time_figure
+
+    grouped = group_rows(res)
+    roof = kernels_figure(res) if kernels or not grouped.rows else roofline_figure([grouped])
+    return {"roofline": roof, "time_split": time_figure(res)}
 
 
 def _by_shape(res: Results) -> list[Results]:

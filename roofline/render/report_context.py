@@ -22,6 +22,8 @@ def run_context(res: Results, label: str, scaled: bool = False) -> dict[str, Any
     """Everything the template shows for one run, already formatted (the template only lays it out). The block's
     compute / memory / communication split is shown for a run with collectives, and for every run of a report
     that compares TP=1 with TP=N (`scaled`)."""
+    if res.run.trace is not None:
+        return trace_run_context(res, label)
     has_comm = any(r.unit == "comm" for r in res.rows)
     train = any(r.mode == "train" for r in res.rows)
     return {"label": label, "train": train, "columns": op_columns(train), "title": describe_run(res),
@@ -30,7 +32,19 @@ def run_context(res: Results, label: str, scaled: bool = False) -> dict[str, Any
             "ceilings": ceilings(res), "rows": [op_row(r, train, res.run.device.max_sm_clock_mhz) for r in res.rows],
             "fusions": fusions(res),
             "warnings": warnings(res), "command": res.run.command, "started_at": res.run.started_at,
-            "groups": {r.group: group_color(r.group) for r in res.rows}, "counters": counter_rows(res)}
+            "groups": {r.group: group_color(r.group) for r in res.rows}, "counters": counter_rows(res), "trace": None}
+
+
+def trace_run_context(res: Results, label: str) -> dict[str, Any]:
+    """A trace's report: the same page, its tables those of render/trace.py (one row per call in the ops table)."""
+    from roofline.render import trace
+
+    rows = [r for r in res.rows if r.trace is not None]
+    return {"label": label, "train": False, "columns": trace.KERNEL_REPORT_COLUMNS, "title": describe_run(res),
+            "summary": trace.summary(res), "facts": facts(res.run), "split": [], "ceilings": ceilings(res),
+            "rows": [trace.kernel_row(r) for r in rows], "fusions": [], "warnings": warnings(res),
+            "command": res.run.command, "started_at": res.run.started_at,
+            "groups": {r.group: group_color(r.group) for r in rows}, "counters": [], "trace": trace.context(res)}
 
 
 def counter_rows(res: Results) -> list[dict[str, str]]:

@@ -134,6 +134,11 @@ def summary(results: Results) -> Group:
 
 
 def print_results(results: Results, console: Console) -> None:
+    if results.run.trace is not None:  # `roofline trace`: block ops, checks, fusion opportunities
+        from roofline.render.trace import print_trace
+
+        print_trace(results, console)
+        return
     console.print(ops_table(results))
     console.print(summary(results))
 

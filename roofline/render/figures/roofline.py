@@ -53,20 +53,12 @@ def _chain_point(results: Results, f: FusionResult) -> tuple[float, float] | Non
     return flops / f.chain_bytes, flops / f.chain_time_s
 
 
-def roofline_figure(results_list: list[Results]) -> Figure:
-    """The roofline of one or several runs (overlaid), ready to save."""
+def roofline_axes(ax: Axes, xs: list[float], ys: list[float]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Log-log axes of intensity against achieved FLOP/s around these points (room for labels right of the last
+    column); returns the limits."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    fig = new_figure(12.5, 7.4)
-    ax = fig.add_axes((0.075, 0.085, 0.68, 0.84))
-    labels = run_labels(results_list)
-    ax.set_title(f"Roofline · {describe_runs(results_list)}", loc="left", fontsize=12, fontweight="bold", pad=10)
-
-    all_roofs = [roof for r in results_list for roof in roofs(r)]
-    points, chains = _points(results_list), _chains(results_list)
-    xs = [p[1] for p in points] + [c[1][0] for c in chains] + [roof.ridge for roof in all_roofs]
-    ys = [p[2] for p in points] + [c[1][1] for c in chains] + [roof.peak_flops for roof in all_roofs]
-    xlim, ylim = _log_limits(xs, 3, 12), _log_limits(ys, 2, 4)  # room for labels right of the last column
+    xlim, ylim = _log_limits(xs, 3, 12), _log_limits(ys, 2, 4)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(*xlim)
@@ -78,6 +70,21 @@ def roofline_figure(results_list: list[Results]) -> Figure:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.si(v, "FLOP/s")))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="major", color="#e4e4e4", linewidth=0.6)
+    return xlim, ylim
+
+
+def roofline_figure(results_list: list[Results]) -> Figure:
+    """The roofline of one or several runs (overlaid), ready to save."""
+    fig = new_figure(12.5, 7.4)
+    ax = fig.add_axes((0.075, 0.085, 0.68, 0.84))
+    labels = run_labels(results_list)
+    ax.set_title(f"Roofline · {describe_runs(results_list)}", loc="left", fontsize=12, fontweight="bold", pad=10)
+
+    all_roofs = [roof for r in results_list for roof in roofs(r)]
+    points, chains = _points(results_list), _chains(results_list)
+    xs = [p[1] for p in points] + [c[1][0] for c in chains] + [roof.ridge for roof in all_roofs]
+    ys = [p[2] for p in points] + [c[1][1] for c in chains] + [roof.peak_flops for roof in all_roofs]
+    xlim, ylim = roofline_axes(ax, xs, ys)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
