@@ -75,7 +75,9 @@ for step in "$@"; do
             timed trace-qwen3 roofline trace --hf qwen3-8b --seq-len 8192 --attn-impl sdpa --with-profile --out "$R/trace-qwen3-8b-sdpa-s8192"
             timed trace-mixtral roofline trace --hf mixtral-8x7b-v0.1 --seq-len 8192 --attn-impl sdpa --out "$R/trace-mixtral-8x7b-sdpa-s8192"
             timed trace-module roofline trace --module tests.trace_factories:gpt_block --seq-len 8192 --kernels --out "$R/trace-module-gpt-block-s8192" ;;
-    trace-test) timed trace-test python3 -m pytest -q tests/test_trace.py -m "gpu or not gpu" ;;
+    trace-test) timed trace-test python3 -m pytest -q tests/test_trace.py -m gpu ;;
+    trace-quick) for impl in sdpa eager; do
+              timed "trace-$impl" roofline trace --hf meta-llama-3-8b --seq-len 8192 --attn-impl "$impl" --out "$R/trace-llama3-8b-$impl-s8192"; done ;;
     *) log "unknown step $step" ;;
   esac
   # packed after every step, so a run cut short by its time limit still brings back what it measured
