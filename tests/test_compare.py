@@ -2,7 +2,7 @@
 exit codes, and the CI workflow file.
 
 Real results only: the committed reference runs (reports/reference/**/results.json) — among them same-code pairs
-measured on the H100 — and two CPU runs of three rounds made once per session. Modified copies (times scaled, a
+measured on the H100 — and two CPU runs of five rounds made once per session. Modified copies (times scaled, a
 row removed, metadata changed) are derived from those in tmp_path, never invented.
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 from roofline import cli
 from roofline.analysis.compare import align, compare_files
-from roofline.analysis.verdict import bootstrap_ratio_ci, judge, mann_whitney
+from roofline.analysis.verdict import bootstrap_ratio_ci, exact_p, judge, mann_whitney
 from roofline.render.markdown import compare_markdown
 from roofline.results import load
 
@@ -30,12 +30,13 @@ def reference_results() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def cpu_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Two real profiles of the same ops on this CPU, three rounds each (a few seconds each)."""
+    """Two real profiles of the same ops on this CPU, five rounds each (a few seconds each): the CI mode's
+    rounds (three can never be significant)."""
     paths = []
     for name in ("run-a", "run-b"):
         out = tmp_path_factory.mktemp(name)
         argv = ["profile", "--device", "cpu", "--seq-len", "64", "--ops", OPS, "--out", str(out),
-                "--no-plots", "--budget", "0.08", "--rounds", "3"]
+                "--no-plots", "--budget", "0.08", "--rounds", "5"]
         assert cli.main(argv) == 0
         paths.append(out / "results.json")
     return paths
@@ -95,13 +96,29 @@ def verdicts(base: Path, new: Path) -> dict[tuple, str]:
 # ---- the statistics, against hand-computed cases ----
 
 def test_mann_whitney_separated_samples() -> None:
-    # ranks of new = 4, 5, 6 → U = 15 − 3·4/2 = 9 (all 9 pairs slower); σ² = 3·3/12 · 7 = 5.25
+    # ranks of new = 4, 5, 6 → U = 15 − 3·4/2 = 9 (all 9 pairs slower); σ² = 3·3/12 · 7 = 5.25. Exact p: of the
+    # C(6, 3) = 20 equally likely orderings, one has U = 9 and one U = 0: p = 2/20 (the normal approximation's
+    # 0.0495 would let three rounds a side "prove" anything)
     t = mann_whitney([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
     assert t.u == 9
     assert t.z == pytest.approx(4.5 / math.sqrt(5.25))
-    assert t.p == pytest.approx(0.04953, abs=1e-5)
+    assert t.p == pytest.approx(0.1)
     swapped = mann_whitney([4.0, 5.0, 6.0], [1.0, 2.0, 3.0])
     assert (swapped.u, swapped.z, swapped.p) == (0, -t.z, t.p)
+
+
+@pytest.mark.parametrize(("n_base", "n_new"), [(3, 3), (5, 5), (4, 6), (2, 7)])
+def test_mann_whitney_exact_p_counts_every_ordering(n_base: int, n_new: int) -> None:
+    """The exact p against brute force: every way to place the new values among the sorted pooled values."""
+    from itertools import combinations
+
+    slots = range(n_base + n_new)
+    us = [sum(1 for b in slots if b not in chosen for n in chosen if n > b) for chosen in combinations(slots, n_new)]
+    for u in range(n_base * n_new + 1):
+        tail = min(sum(x <= u for x in us), sum(x >= u for x in us))
+        assert exact_p(n_base, n_new, u) == pytest.approx(min(1.0, 2 * tail / len(us)))
+    separated = mann_whitney([float(b) for b in range(n_base)], [10.0 + i for i in range(n_new)])
+    assert separated.p == pytest.approx(exact_p(n_base, n_new, n_base * n_new))
 
 
 def test_mann_whitney_ties() -> None:
@@ -165,9 +182,9 @@ def test_a_clock_drop_is_its_own_verdict() -> None:
 
 def test_cpu_runs_have_rounds(cpu_runs: list[Path]) -> None:
     for row in load(cpu_runs[0]).ok_rows():
-        assert row.rounds == 3 and len(row.round_medians_s) == 3
-        assert row.time_median_s == sorted(row.round_medians_s)[1]  # the median of the round medians
-        assert row.samples == len(row.time_samples_s) >= 9
+        assert row.rounds == 5 and len(row.round_medians_s) == 5
+        assert row.time_median_s == sorted(row.round_medians_s)[2]  # the median of the round medians
+        assert row.samples == len(row.time_samples_s) >= 15
 
 
 def test_a_real_slowdown_beyond_the_noise_is_slower_and_gates(cpu_runs: list[Path], tmp_path: Path,

@@ -180,7 +180,7 @@ def retime(row: Row, op: Op, variant: Variant, c: BlockConfig, info: DeviceInfo,
         with ClockSampler(info) as clocks:
             stats = timer.time(timed, settings.budget_s, settings.min_samples)
         add_round(row, stats, clocks)
-        place_row(row, roofs)
+        place_row(row, roofs, op.roof)
     except Exception as exc:  # keep what the earlier rounds measured
         row.note = "; ".join(filter(None, (row.note, f"round {row.rounds + 1} failed: {type(exc).__name__}")))
     finally:
