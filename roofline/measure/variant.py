@@ -45,10 +45,12 @@ def base_row(op: Op, variant: Variant, c: BlockConfig) -> Row:
 def predicted_bytes(op: Op, variant: Variant, c: BlockConfig) -> int:
     """Inputs + outputs + the variant's scratch, plus room for the float64 check (a generous 25 %).
 
-    Train mode: the backward's bytes too (the gradients), and the scratch twice (its gradient is as large).
+    A causal mask halves the bytes an op must move, not the tensors it holds: the N×N scores are allocated whole,
+    so the inputs and outputs are counted as the unmasked block's. Train mode: the backward's bytes too (the
+    gradients), and the scratch twice (its gradient is as large).
     """
     scratch = variant.scratch_bytes(c) * (2 if c.mode == "train" else 1)
-    return int(1.25 * (op.step_bytes(c) + scratch))
+    return int(1.25 * (op.step_bytes(c.replace(causal=False)) + scratch))
 
 
 def measure(op: Op, variant: Variant, c: BlockConfig, info: DeviceInfo, roofs: Roofs, timer: Timer,

@@ -172,7 +172,10 @@ SOFTMAX = Op(
     make_inputs=_softmax_inputs,
     reference=_softmax_reference,
     variants=(
-        Variant("torch", lambda c, i: lambda: masked_softmax(i["scores"], i.get("mask"))),
+        Variant("torch", lambda c, i: lambda: masked_softmax(i["scores"], i.get("mask")),
+                scratch_bytes=lambda c: (c.batch * c.n_heads * c.q_len * c.kv_len * c.dtype_bytes
+                                         if is_causal(c) else 0),
+                doc="torch.softmax, after a masked copy of the scores when causal"),
         Variant("triton", _triton_softmax, fused=True, requires=needs_triton, doc="kernels/softmax.py"),
     ),
     doc="Row softmax of the scores (causal-masked when the model is causal).",
