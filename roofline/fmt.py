@@ -115,7 +115,8 @@ def clock_ratio(r: Row, max_sm_clock_mhz: int | None) -> float | None:
 
 def unstable(r: Row) -> str:
     """'±8.1 % after 3 samples' for a row whose timing budget ran out before its median settled ('' if it did)."""
-    if r.stop_reason == "budget" and r.rel_err is not None and r.rel_err > UNSTABLE_REL_ERR:
+    if (r.stop_reason == "budget" and r.rel_err is not None and r.rel_err > UNSTABLE_REL_ERR
+            and math.isfinite(r.rel_err)):
         return f"±{100 * r.rel_err:.1f} % after {r.samples} samples"
     return ""
 
@@ -133,6 +134,8 @@ def ok_row_note(r: Row, max_sm_clock_mhz: int | None = None) -> str:
                                                                                     else ""))
     if unstable(r):
         parts.append(f"UNSTABLE: {unstable(r)}")
+    elif r.samples == 2 and r.time_median_s:  # a call of several budgets: two samples, their spread is all there is
+        parts.append(f"2 samples of {seconds(r.time_median_s)}")
     if r.host_time_s and r.time_median_s and r.host_time_s > r.time_median_s:
         parts.append(f"host-bound: launch {seconds(r.host_time_s)}")
     return "; ".join(parts)

@@ -265,3 +265,17 @@ def test_no_committed_reference_row_is_suspect() -> None:
         if suspect:
             found[path.parent.relative_to(REFERENCE).as_posix()] = suspect
     assert found == measured_before_the_alarm, "rows above their roof changed: regenerate, or update this list"
+
+
+def test_a_cpu_roof_is_known_to_25_percent(run, small_config) -> None:
+    """A shared CPU drifts: 120 % of a CPU roof is within its error, 120 % of a GPU roof is not; far above, both are
+    suspect (and the formula, not the roof, is blamed)."""
+    op = get_op("residual_add")
+    row = run(op, op.variant("torch"), small_config())
+    for factor, gpu, cpu in ((1.2, "roof", ""), (1.4, "formula", "roof"), (1.6, "formula", "formula")):
+        roofs = Roofs(datasheet_flops={}, datasheet_bandwidth=0.0, measured_flops={"vector.fp32": 1e15},
+                      measured_bandwidth=row.bytes_per_s / factor)
+        for error, cause in ((model.ROOF_ERROR, gpu), (model.CPU_ROOF_ERROR, cpu)):
+            placed = dataclasses.replace(row)
+            model.place_row(placed, dataclasses.replace(roofs, error=error))
+            assert model.suspect_cause(placed, error)[0] == cause and bool(placed.suspect) == bool(cause)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from roofline.analysis.placement import Roofs, suspect_cause
+from roofline.analysis.placement import CPU_ROOF_ERROR, ROOF_ERROR, Roofs, suspect_cause
 from roofline.config import BlockConfig
 from roofline.errors import RooflineError
 from roofline.measure import ceilings
@@ -80,7 +80,8 @@ def load_roofs(info: DeviceInfo, calibrate: bool = False, listener: Listener | N
         say.info(f"Using measured roofs of {info.name} cached by `roofline calibrate`" if measured
                  else "Using datasheet roofs (run `roofline calibrate` once for measured ones)")
     roofs = Roofs(info.peak_flops, info.memory_bandwidth, measured.peak_flops if measured else {},
-                  measured.memory_bandwidth if measured else 0.0)
+                  measured.memory_bandwidth if measured else 0.0,
+                  error=CPU_ROOF_ERROR if info.kind == "cpu" else ROOF_ERROR)
     return roofs, measured
 
 
@@ -166,7 +167,8 @@ class Session:
         ceiling: it is dropped from the cache (the next run measures it again), and the run says so."""
         self.results.run.wall_s = time.perf_counter() - self.started
         save(self.results, self.out_dir)
-        beaten = [r for r in self.results.ok_rows() if suspect_cause(r)[0] == "roof" and "measured" in r.ceiling_source]
+        beaten = [r for r in self.results.ok_rows() if suspect_cause(r, self.roofs.error)[0] == "roof"
+                  and "measured" in r.ceiling_source]
         if beaten and self.results.run.peaks.measured is not None:
             ceilings.forget(self.info)
             self.listener.warn(f"{', '.join(f'{r.op} · {r.variant}' for r in beaten)} beat the measured roof they were "
