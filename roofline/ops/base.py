@@ -171,10 +171,31 @@ def rand(shape: tuple[int, ...], config: BlockConfig, device: torch.device, gen:
     """Fresh standard-normal data in the op's dtype (never zeros: they hide bugs and time faster)."""
     dtype = TORCH_DTYPES[config.dtype]
     make = torch.float32 if dtype == torch.float8_e4m3fn else dtype
-    x = torch.randn(shape, device=device, dtype=make, generator=gen)
+    x = _cpu_randn_threaded(shape, make, gen) if device.type == "cpu" else None
+    if x is None:
+        x = torch.randn(shape, device=device, dtype=make, generator=gen)
     if scale != 1.0:
         x.mul_(scale)
     return x.to(dtype)
+
+
+PARALLEL_RANDN_ELEMENTS = 1 << 26  # a CPU tensor this large is filled by several threads (torch's randn uses one)
+
+
+def _cpu_randn_threaded(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor | None:
+    """Large CPU tensors filled in one chunk per thread, each chunk from its own generator seeded by `gen` (the same
+    seed gives the same data): the 8.6 GB scores of a CPU profile at 8192 take 15 s instead of 29 on 2 cores."""
+    threads = torch.get_num_threads()
+    if threads < 2 or numel(*shape) < PARALLEL_RANDN_ELEMENTS:
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = torch.empty(shape, dtype=dtype)
+    seeds = torch.randint(0, 2 ** 62, (threads,), generator=gen).tolist()
+    chunks = x.view(-1).chunk(threads)
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda part, seed: part.normal_(generator=torch.Generator().manual_seed(seed)), chunks, seeds))
+    return x
 
 
 def take_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -177,7 +177,7 @@ DROPOUT = Op(
     min_bytes=Formula("2*T*d*bytes", "read x, write y; the mask stays on chip"),
     make_inputs=_x_inputs,
     reference=lambda c, i, rows: take_rows(i["x"], rows),
-    check=lambda c, i, out, rows: dropout_error(i["x"], out, c.dropout_p),
+    check=lambda c, i, out, rows: dropout_error(take_rows(i["x"], rows), take_rows(out, rows), c.dropout_p),
     variants=(Variant("torch", lambda c, i: lambda: F.dropout(i["x"], c.dropout_p, training=True)),),
     grad_check=dropout_grad_error,
     backward_flops=Formula("T*d", "dx = dy·mask/(1−p), one multiply per element"),
@@ -245,10 +245,10 @@ def fused_norm_error(c: BlockConfig, i: Inputs, output: object, rows: torch.Tens
     else:
         ref = layernorm_reference(r, i["weight"], i["bias"], c.norm_eps)
     norm_err = relative_error(take_rows(out, rows), ref)
-    x, residual = i["x"].double(), i["residual"].double()
+    x, residual = take_rows(i["x"], rows), take_rows(i["residual"], rows)  # the checked rows, as the norm's
     eps = torch.finfo(i["residual"].dtype).eps
     valid = x.abs() / (1 - c.dropout_p) > 4 * eps * residual.abs()
-    drop_err = dropout_error(x, new_residual.double() - residual, c.dropout_p, valid)
+    drop_err = dropout_error(x, r - residual, c.dropout_p, valid)
     return max(norm_err, drop_err)
 
 
