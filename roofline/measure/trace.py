@@ -123,18 +123,11 @@ def _guard(doing: str, out_dir: Path | None) -> Iterator[None]:
     saved = f"; what was measured is saved in {out_dir}" if out_dir is not None else ""
     try:
         yield
-    except torch.OutOfMemoryError as exc:
-        raise CannotRun(f"out of memory while {doing}: {_first_line(exc)}{saved}") from None
-    except RuntimeError as exc:
-        if "out of memory" in str(exc) or "not enough memory" in str(exc):
-            raise CannotRun(f"out of memory while {doing}: {_first_line(exc)}{saved}") from None
-        if os.environ.get("ROOFLINE_DEBUG"):
-            raise
-        raise RooflineError(f"the traced step failed while {doing}: {type(exc).__name__}: {_first_line(exc)}"
-                            f"{saved}") from None
     except RooflineError:
         raise
-    except (TypeError, ValueError, AttributeError, IndexError, KeyError, AssertionError) as exc:
+    except (RuntimeError, TypeError, ValueError, AttributeError, IndexError, KeyError, AssertionError) as exc:
+        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc) or "not enough memory" in str(exc):
+            raise CannotRun(f"out of memory while {doing}: {_first_line(exc)}{saved}") from None
         if os.environ.get("ROOFLINE_DEBUG"):
             raise
         raise RooflineError(f"the traced step failed while {doing}: {type(exc).__name__}: {_first_line(exc)}"

@@ -23,14 +23,18 @@ def catalog_table(entries: list[dict[str, object]], title: str, caption: str, wi
     for col in ("op", "unit", "FLOPs", "min bytes", "AI", "variants", "formulas"):
         t.add_column(col, overflow="fold")
     for e in entries:
-        flops, nbytes = float(e["flops"]), float(e["min_bytes"])  # type: ignore[arg-type]
-        per_block = int(e["per_block"])  # type: ignore[call-overload]
-        variants = ", ".join(name + (" ⚡" if fused else "") for name, fused in e["variants"])  # type: ignore[attr-defined]
-        t.add_row(f"{e['name']}" + (f" ×{per_block}" if per_block > 1 else ""), str(e["unit"]), fmt.flops(flops),
-                  fmt.nbytes(nbytes) + (" bus" if e["unit"] == "comm" and e.get("group") != "pipeline" else ""),
-                  fmt.intensity(flops / nbytes),
-                  variants, escape(str(e["formulas"])))  # formulas hold [b, h, q, kv]: text, not rich markup
+        t.add_row(*_cells(e), escape(str(e["formulas"])))  # formulas hold [b, h, q, kv]: text, not rich markup
     return t
+
+
+def _cells(e: dict[str, object]) -> tuple[str, str, str, str, str, str]:
+    """An op's name (×k per block), unit, FLOPs, bytes (a collective's: bus bytes), intensity and variants."""
+    flops, nbytes = float(e["flops"]), float(e["min_bytes"])  # type: ignore[arg-type]
+    per_block = int(e["per_block"])  # type: ignore[call-overload]
+    variants = ", ".join(name + (" ⚡" if fused else "") for name, fused in e["variants"])  # type: ignore[attr-defined]
+    bus = " bus" if e["unit"] == "comm" and e.get("group") != "pipeline" else ""
+    return (str(e["name"]) + (f" ×{per_block}" if per_block > 1 else ""), str(e["unit"]), fmt.flops(flops),
+            fmt.nbytes(nbytes) + bus, fmt.intensity(flops / nbytes), variants)
 
 
 DEVICE_FIELDS = (  # DeviceInfo field → (label, how to show it)
@@ -51,12 +55,8 @@ DEVICE_FIELDS = (  # DeviceInfo field → (label, how to show it)
 def _catalog_paragraphs(entries: list[dict[str, object]], title: str, caption: str) -> Group:
     parts: list[Text] = [Text(title, style="bold")]
     for e in entries:
-        flops, nbytes = float(e["flops"]), float(e["min_bytes"])  # type: ignore[arg-type]
-        per_block = int(e["per_block"])  # type: ignore[call-overload]
-        variants = ", ".join(name + (" ⚡" if fused else "") for name, fused in e["variants"])  # type: ignore[attr-defined]
-        head = Text.assemble(("\n" + str(e["name"]) + (f" ×{per_block}" if per_block > 1 else ""), "bold"),
-                             f"  {e['unit']} · {fmt.flops(flops)} · {fmt.nbytes(nbytes)}"
-                             f"{' bus' if e['unit'] == 'comm' else ''} · AI {fmt.intensity(flops / nbytes)}")
+        name, unit, flops, nbytes, intensity, variants = _cells(e)
+        head = Text.assemble(("\n" + name, "bold"), f"  {unit} · {flops} · {nbytes} · AI {intensity}")
         parts += [head, Text(f"  variants: {variants}"), Text("  " + str(e["formulas"]).replace("\n", "\n  "))]
     return Group(*parts, Text("\n" + caption, style="dim"))
 
