@@ -451,15 +451,7 @@ class Results:
         """One column per Row field; a trace row's record spread over trace_* columns (its tensor ids left out)."""
         import pandas as pd
 
-        records = []
-        for r in self.rows:
-            record = dataclasses.asdict(r)
-            trace = record.pop("trace")
-            if trace is not None:
-                record.update({f"trace_{k}": v for k, v in trace.items() if k not in ("reads", "writes")})
-            records.append(record)
-        columns = [c for c in ROW_FIELDS if c != "trace"]
-        columns += [c for c in dict.fromkeys(k for record in records for k in record) if c not in columns]
+        columns, records = flat_rows(self.rows)
         df = pd.DataFrame(records, columns=columns)
         return df if with_samples else df.drop(columns=["time_samples_s"])
 
@@ -547,17 +539,33 @@ def to_json_text(results: Results) -> str:
     return json.dumps(results.to_dict(), indent=1)
 
 
-CSV_FIELDS = [name for name in ROW_FIELDS if name != "time_samples_s"]
+
+
+def flat_rows(rows: list[Row]) -> tuple[list[str], list[dict[str, object]]]:
+    """One flat record per row for the CSV and the DataFrame: a trace row's record spread over trace_* columns
+    (its tensor ids left out); columns in Row's order, then the trace columns."""
+    records = []
+    for r in rows:
+        record = dataclasses.asdict(r)
+        trace = record.pop("trace")
+        if trace is not None:
+            record.update({f"trace_{k}": v for k, v in trace.items() if k not in ("reads", "writes")})
+        records.append(record)
+    columns = [c for c in ROW_FIELDS if c != "trace"]
+    columns += [c for c in dict.fromkeys(k for record in records for k in record) if c not in columns]
+    return columns, records
 
 
 def to_csv_text(results: Results) -> str:
     """The rows as CSV (the DataFrame's columns, without the raw samples), written without pandas: a profile saves
     it after every row and should not pay pandas' import for it."""
+    columns, records = flat_rows(results.rows)
+    columns.remove("time_samples_s")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
-    for r in results.rows:
-        writer.writerow("" if (v := getattr(r, name)) is None else v for name in CSV_FIELDS)
+    writer.writerow(columns)
+    for record in records:
+        writer.writerow("" if (v := record.get(name)) is None else v for name in columns)
     return buffer.getvalue()
 
 

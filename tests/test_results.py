@@ -182,8 +182,7 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_no_temp(tmp_path: Path) ->
 def test_dataframe_and_csv_columns(issue_columns: list[str]) -> None:
     res = Results(run=RUN, rows=[distinct_row(), distinct_row(50)])
     assert list(res.to_dataframe().columns) == VIEW_COLUMNS + TRACE_COLUMNS
-    with_samples = [*VIEW_COLUMNS[:VIEW_COLUMNS.index("host_time_s")], "time_samples_s",
-                    *VIEW_COLUMNS[VIEW_COLUMNS.index("host_time_s"):]]
+    with_samples = [name for name in ROW_FIELDS if name != "trace"]  # the samples where the row keeps them
     assert list(res.to_dataframe(with_samples=True).columns) == with_samples + TRACE_COLUMNS
     assert list(Results(run=RUN).to_dataframe().columns) == VIEW_COLUMNS
     profile_rows = Results(run=RUN, rows=[dataclasses.replace(distinct_row(), trace=None)])

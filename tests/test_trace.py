@@ -113,7 +113,8 @@ def test_sdpa_training_counts_attention_as_the_catalog_does(capsys, tmp_path: Pa
     phases = {(r.op, r.trace.phase) for r in res.rows}
     for op in ("qkv_proj", "rmsnorm", "ffn_down", "swiglu", "rope"):
         assert {(op, "forward"), (op, "backward")} <= phases, op
-    assert len(res.run.trace.outputs) > 10  # the layer's output and every weight's gradient leave the step
+    # the layer's output and the gradients of its 9 weights (q, k, v, o, gate, up, down, two norms) leave the step
+    assert len(res.run.trace.outputs) >= 1 + 9
     assert "phase" in out
 
 
