@@ -63,3 +63,57 @@ def test_a_readme_example_runs_as_written_and_changes_no_tracked_file(line: str)
                          text=True, timeout=600, env={**__import__("os").environ, "COLUMNS": "200"})
     assert out.returncode == 0, f"{line}\n{out.stderr[-2000:]}"
     assert tracked_changes() == before, f"{line} changed tracked files"
+
+
+# ---- figures the README quotes from committed results: computed here from the files ----
+
+def test_the_sweep_figures_are_the_files() -> None:
+    from roofline.analysis.sweep import sweep_series
+    from roofline.results import load
+
+    text = " ".join((REPO / "README.md").read_text().split())
+    series = {s.name: s for s in sweep_series(load(REPO / "reports/reference/h100/gpt-7b-sweep/results.json"))}
+    naive = {n: t for n, t, _ in series["naive"].points}
+    fused = ("sdpa_flash", "sdpa_efficient", "sdpa_cudnn")
+    speedups = {name: [naive[n] / t for n, t, _ in series[name].points if n in naive] for name in (*fused, "triton")}
+    every = [x for values in speedups.values() for x in values]
+    torch_slopes = sorted(series[name].time_slope() for name in fused)
+    quoted = [
+        f"peak memory grows as N^{series['naive'].memory_slope():.2f}",
+        f"every fused kernel's as N^{max(series[name].memory_slope() for name in speedups):.2f}",
+        f"time grows as N^{series['naive'].time_slope():.2f} for the naive chain",
+        f"N^{torch_slopes[0]:.2f}–{torch_slopes[-1]:.2f} for PyTorch's fused kernels",
+        f"N^{series['triton'].time_slope():.2f} for our Triton kernel",
+        f"{min(every):.2f}–{max(every):.2f}× faster than the naive chain",
+        f"sdpa_efficient {min(speedups['sdpa_efficient']):.2f}–{max(speedups['sdpa_efficient']):.2f}×",
+        f"cuDNN {min(speedups['sdpa_cudnn']):.2f}–{max(speedups['sdpa_cudnn']):.2f}×",
+        f"best variants: N^{series['block (best)'].time_slope():.2f} in time, "
+        f"N^{series['block (best)'].memory_slope():.2f} in memory",
+    ]
+    assert [q for q in quoted if q not in text] == []
+
+
+def test_the_quoted_projection_rate_is_the_file() -> None:
+    from roofline.results import load
+
+    text = " ".join((REPO / "README.md").read_text().split())
+    qkv = load(REPO / "reports/reference/h100/gpt-7b-s8192/results.json").find("qkv_proj")
+    assert f"prefill, {qkv.flops_per_s / 1e12:.0f} TFLOP/s in `gpt-7b-s8192/`" in text
+    assert f"compute-bound at {qkv.pct_of_roof:.0f} % of roof" in text
+
+
+def formula_table() -> str:
+    """The README's formula table, as the catalog declares it (comm ops: see `roofline ops --tp`)."""
+    from roofline.ops import CATALOG
+
+    rows = ["| op | unit | FLOPs | minimum bytes |", "| --- | --- | --- | --- |"]
+    for op in CATALOG:
+        if op.unit != "comm":
+            name = op.name + (f" ×{op.per_block}" if op.per_block > 1 else "")
+            flops, nbytes = (f.expr.replace("*", "·") for f in (op.flops, op.min_bytes))
+            rows.append(f"| {name} | {op.unit} | {flops} | {nbytes} |")
+    return "\n".join(rows)
+
+
+def test_the_formula_table_is_the_catalog() -> None:
+    assert formula_table() in (REPO / "README.md").read_text()
