@@ -5,6 +5,7 @@ target as one line with exit 2 (3 when it could not run), nothing measured lost.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,19 @@ def test_the_python_api(tmp_path: Path) -> None:
     assert {"qkv_proj", "attention", "ffn_up", "ffn_down"} <= {r.op for r in res.rows}
     assert results.load(tmp_path).rows == res.rows  # saved as measured
     assert x.grad is not None  # a training step ran
+
+
+def test_the_installed_kernels_package_wins_over_the_checkouts_folder(tmp_path: Path) -> None:
+    """transformers imports the PyPI package `kernels` when it is installed; with the checkout first on sys.path
+    (`python -m pytest`, a script run from the checkout) our kernels/ folder answered instead (ImportError)."""
+    site = tmp_path / "site" / "kernels"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("INSTALLED = True\n")
+    code = ("import sys; from roofline.measure.hf import prefer_installed_kernels; prefer_installed_kernels(); "
+            "import kernels; print(getattr(kernels, 'INSTALLED', False), sys.path[0] == '')")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    assert out.stdout.split() == ["True", "True"], out.stderr  # the installed one, and sys.path as it was
 
 
 def test_a_trace_round_trips_and_renders_again(capsys, tmp_path: Path, tiny_config: str) -> None:

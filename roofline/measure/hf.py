@@ -15,7 +15,11 @@ transformers is an optional dependency (`pip install -e ".[hf]"`): imported here
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -31,7 +35,26 @@ FINAL_NORMS = ("norm", "final_layer_norm", "ln_f", "final_layernorm", "norm_f")
 SCORE_BYTES = 4 + 4  # eager attention's fp32 scores and probabilities per (query, key) pair and head
 
 
+def prefer_installed_kernels() -> None:
+    """Import the installed PyPI package `kernels` (transformers imports it when it is installed) before a checkout's
+    kernels/ folder (our Triton kernels, installed as roofline.kernels) can stand in for it: wherever the checkout is
+    on sys.path (`python -m pytest`, a script run from the checkout), `from kernels import …` would find ours."""
+    checkout = Path(__file__).resolve().parents[2]
+    spec = None if "kernels" in sys.modules else importlib.util.find_spec("kernels")
+    if spec is None or not spec.origin or Path(spec.origin).resolve() != checkout / "kernels" / "__init__.py":
+        return
+    saved = list(sys.path)
+    sys.path[:] = [p for p in saved if Path(os.path.abspath(p or ".")).resolve() != checkout]
+    try:
+        importlib.invalidate_caches()
+        if importlib.util.find_spec("kernels") is not None:
+            importlib.import_module("kernels")
+    finally:
+        sys.path[:] = saved
+
+
 def import_transformers():  # type: ignore[no-untyped-def]
+    prefer_installed_kernels()
     try:
         import transformers
     except ImportError:
