@@ -124,7 +124,7 @@ def test_profile_rows(cpu_profile, issue_columns: list[str]) -> None:
         assert row["status"] == "ok", row["note"]
         assert (row["flops"], row["min_bytes"]) == (op.flops(c), op.min_bytes(c))
         assert (row["batch"], row["seq_len"], row["dtype"], row["mode"]) == (1, 32, "fp32", "prefill")
-        # samples: a call over 5 budgets takes 2 (LONG_CALL_BUDGETS)
+        # samples: a call longer than its budget takes 2 (LONG_CALL_BUDGETS)
         assert row["samples"] >= 2 and row["time_p20_s"] <= row["time_median_s"] <= row["time_p80_s"]
         assert row["flops_per_s"] == pytest.approx(row["flops"] / row["time_median_s"])
         assert row["bound"] in ("compute", "memory") and row["pct_of_roof"] > 0

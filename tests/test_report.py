@@ -365,3 +365,44 @@ def test_counters_section_from_the_real_h100_counters_run(tmp_path: Path) -> Non
     counted = [r for r in res.rows if r.measured_kernels]
     assert counted and all(f"{r.op} · {r.variant}" in html for r in counted)
 
+
+
+def _small_figure(label: str):  # type: ignore[no-untyped-def]
+    fig = plot.new_figure(2, 1.5)
+    fig.add_subplot().plot([0, 1], [1, 0], label=label)
+    return fig
+
+
+def test_figures_drawn_at_once_are_the_figures_drawn_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    builders = {name: (lambda name=name: _small_figure(name)) for name in ("a", "b", "c")}
+    serial = {name: plot.figure_files(build(), ("svg", "png")) for name, build in builders.items()}
+    monkeypatch.setattr(plot.os, "cpu_count", lambda: 3)  # two children, the last figure drawn here
+    assert plot.render_figures(builders, ("svg", "png")) == serial
+    here = __import__("os").getpid()
+    where = lambda: _small_figure("here" if __import__("os").getpid() == here else "child")  # noqa: E731
+    drawn = plot.render_figures({"a": where, "b": where}, ("svg",))
+    assert drawn == {"a": plot.figure_files(_small_figure("child"), ("svg",)),
+                     "b": plot.figure_files(_small_figure("here"), ("svg",))}
+
+
+def test_a_figure_whose_child_fails_or_hangs_is_drawn_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import time
+
+    here = os.getpid()
+
+    def fails_in_a_child():  # type: ignore[no-untyped-def]
+        if os.getpid() != here:
+            raise RuntimeError("only in the child")
+        return _small_figure("x")
+
+    def hangs_in_a_child():  # type: ignore[no-untyped-def]
+        if os.getpid() != here:
+            time.sleep(60)
+        return _small_figure("y")
+
+    monkeypatch.setattr(plot, "CHILD_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(plot.os, "cpu_count", lambda: 4)
+    files = plot.render_figures({"x": fails_in_a_child, "y": hangs_in_a_child, "z": lambda: _small_figure("z")},
+                                ("svg",))
+    assert files == {name: plot.figure_files(_small_figure(name), ("svg",)) for name in "xyz"}

@@ -120,3 +120,19 @@ def test_a_sleep_ahead_of_each_sample_hides_the_launch_time() -> None:
     blocked = Timer(torch.device("cuda"), sm_clock_mhz=clock).time(many_launches, 0.2, 10)
     assert plain.host_s is None and blocked.host_s > blocked.median_s
     assert blocked.median_s < 0.8 * plain.median_s
+
+
+@pytest.mark.parametrize(("first_s", "samples"), [(0.3, 2), (0.15, 3), (0.05, 3)])
+def test_a_cpu_call_longer_than_its_budget_takes_two_samples(first_s: float, samples: int) -> None:
+    """The first call counts as a sample from FIRST_CALL_SAMPLE_S (0.1 s); past the budget, one more call is all."""
+    import time
+
+    stats = Timer(torch.device("cpu")).time(lambda: time.sleep(0.25), budget_s=0.2, min_samples=3, first_s=first_s)
+    assert stats.samples == samples
+
+
+@pytest.mark.parametrize(("first_s", "calls"), [(0.2, 0), (0.05, 1)])
+def test_a_cpu_op_whose_first_call_counts_is_not_warmed_up_again(first_s: float, calls: int) -> None:
+    made = []
+    Timer(torch.device("cpu")).warm_up(lambda: made.append(1), first_s, target_s=0.0)
+    assert len(made) == calls

@@ -26,7 +26,7 @@ import torch
 
 TARGET_REL_ERR = 0.005
 FIRST_CALL_SAMPLE_S = 0.1  # a CPU op's first call this long counts as a timing sample (Timer.time)
-LONG_CALL_BUDGETS = 5  # a CPU op whose one call takes this many per-variant budgets takes 2 samples (Timer.time)
+LONG_CALL_BUDGETS = 1  # a CPU op whose one call takes this many per-variant budgets takes 2 samples (Timer.time)
 
 
 @dataclass
@@ -130,8 +130,9 @@ class Timer:
 
     def warm_up(self, fn: Callable[[], object], first_call_s: float, target_s: float = 0.03,
                 setup: Callable[[], object] = lambda: None) -> None:
-        """A few more calls so caches, clocks and allocator settle; none when one call is already long."""
-        if first_call_s > 0.5:
+        """A few more calls so caches, clocks and allocator settle; none when one call is already long, or on a CPU
+        when the first call counts as a sample (Timer.time): a call that long warms the caches it needs."""
+        if first_call_s > 0.5 or (not self.is_cuda and first_call_s >= FIRST_CALL_SAMPLE_S):
             return
         t0 = time.perf_counter()
         for _ in range(100):
@@ -186,9 +187,9 @@ class Timer:
         """Samples of fn until stable. `first_s`, the time of fn's first call, counts as a sample on a CPU when it is
         longer than FIRST_CALL_SAMPLE_S: nothing compiles or autotunes there (CPU variants are eager PyTorch), and
         for the long ops where it saves minutes (a projection at seq 8192 takes seconds) its one-time cost,
-        first-touch of the output pages, is under 1 %. A CPU op longer than LONG_CALL_BUDGETS budgets takes two
-        samples, not min_samples: a 10-second matmul's call-to-call noise is small beside its time, and a third
-        call would cost another 10 s (`profile --seq-len 8192` on a 2-core CPU: 3 minutes instead of 5)."""
+        first-touch of the output pages, is under 1 %. A CPU op whose first call outlasts its budget takes two samples,
+        not min_samples: one call is then already past the budget, a 1-second matmul's call-to-call noise is small
+        beside the CPU roof's own 25 %, and a third call would cost another second at seq 1024 (10 s at 8192)."""
         counts = first_s is not None and not self.is_cuda and first_s >= FIRST_CALL_SAMPLE_S
         initial = [first_s] if counts else None
         if counts and first_s > LONG_CALL_BUDGETS * budget_s:

@@ -179,7 +179,7 @@ def rand(shape: tuple[int, ...], config: BlockConfig, device: torch.device, gen:
     return x.to(dtype)
 
 
-PARALLEL_RANDN_ELEMENTS = 1 << 26  # a CPU tensor this large is filled by several threads (torch's randn uses one)
+PARALLEL_RANDN_ELEMENTS = 1 << 22  # a CPU tensor this large is filled by several threads (torch's randn uses one)
 
 
 def _cpu_randn_threaded(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor | None:

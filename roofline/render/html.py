@@ -24,11 +24,14 @@ from roofline.render.style import (
     MEMORY_COLOR,
     describe_runs,
     figure_files,
+    render_figures,
     run_labels,
 )
 from roofline.results import Results, atomic_write
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import jinja2
     from matplotlib.figure import Figure
 
@@ -40,11 +43,18 @@ def _data_uri(svg: bytes) -> str:
 def write_figure(fig: Figure, out_dir: Path, name: str, png: bool = True, svg: bool = True,
                  embed: bool = False) -> tuple[list[Path], str | None]:
     """Write name.png / name.svg; returns the paths and, with `embed`, the SVG as a data URI for a page."""
-    formats = ("svg",) * (svg or embed) + ("png",) * png
+    formats = _formats(png, svg or embed)
     files = figure_files(fig, formats) if formats else {}
-    written = [atomic_write(out_dir / f"{name}.{ext}", files[ext]) for ext, wanted in (("png", png), ("svg", svg))
-               if wanted]
-    return written, _data_uri(files["svg"]) if embed else None
+    return _write_files(files, out_dir, name, png, svg), _data_uri(files["svg"]) if embed else None
+
+
+def _formats(png: bool, svg: bool) -> tuple[str, ...]:
+    return ("svg",) * svg + ("png",) * png
+
+
+def _write_files(files: dict[str, bytes], out_dir: Path, name: str, png: bool, svg: bool) -> list[Path]:
+    return [atomic_write(out_dir / f"{name}.{ext}", files[ext]) for ext, wanted in (("png", png), ("svg", svg))
+            if wanted]
 
 
 def render_all(results_list: list[Results], out_dir: Path, html: bool = True, png: bool = True,
@@ -73,30 +83,29 @@ def render_all(results_list: list[Results], out_dir: Path, html: bool = True, pn
     except OSError as exc:
         raise RooflineError(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
     written, images = [], {}
-    figures = _trace_figures(results_list[0], kernels) if traced else {
-        "roofline": roofline_figure(results_list), "time_split": time_split_figure(results_list)}
+    builders = _trace_figures(results_list[0], kernels) if traced else {
+        "roofline": lambda: roofline_figure(results_list), "time_split": lambda: time_split_figure(results_list)}
     counted = next((res for res in results_list if any(r.measured_kernels for r in res.rows)), None)
-    counters = counters_figure(counted) if counted else None
-    if counters is not None:
-        figures["counters_roofline"] = counters
-    for name, fig in figures.items():
-        paths, uri = write_figure(fig, out_dir, name, png, svg, embed=html)
-        written += paths
-        if uri:
-            images["counters" if name == "counters_roofline" else name] = uri
+    if counted is not None:
+        builders["counters_roofline"] = lambda: counters_figure(counted)
+    formats = _formats(png, svg or html)
+    for name, files in (render_figures(builders, formats) if formats else {}).items():
+        written += _write_files(files, out_dir, name, png, svg)
+        if html:
+            images["counters" if name == "counters_roofline" else name] = _data_uri(files["svg"])
     if html:
         written.append(atomic_write(out_dir / "report.html", report_html(results_list, images)))
     return written
 
 
-def _trace_figures(res: Results, kernels: bool) -> dict[str, Figure]:
+def _trace_figures(res: Results, kernels: bool) -> dict[str, Callable[[], Figure]]:
     """A trace's roofline (its block ops, or every call) and where its time goes."""
     from roofline.render.figures.roofline import roofline_figure
     from roofline.render.figures.trace import group_rows, kernels_figure, time_figure
 
     grouped = group_rows(res)
-    roof = kernels_figure(res) if kernels or not grouped.rows else roofline_figure([grouped])
-    return {"roofline": roof, "time_split": time_figure(res)}
+    roof = (lambda: kernels_figure(res)) if kernels or not grouped.rows else (lambda: roofline_figure([grouped]))
+    return {"roofline": roof, "time_split": lambda: time_figure(res)}
 
 
 def _by_shape(res: Results) -> list[Results]:
