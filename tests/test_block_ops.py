@@ -191,3 +191,15 @@ def test_a_multimodal_config_reads_its_text_config(tmp_path: Path) -> None:
 def test_old_results_without_the_new_fields_read_as_before() -> None:
     """A results.json written before RoPE existed has no rope/qk_norm/kv_repeat: they read as False."""
     assert BlockConfig().rope is False and BlockConfig().kv_repeat is False and BlockConfig().rope_fraction == 1.0
+
+
+def test_attn_v_probabilities_are_made_in_place() -> None:
+    """attn_v's P is the softmax of its random scores, written over them (one N×N tensor, not two)."""
+    from roofline.ops.attention import _softmax_in_place
+
+    x = torch.randn(2, 3, 37, 41, generator=torch.Generator().manual_seed(0))
+    expected = torch.softmax(x, dim=-1)
+    ptr = x.data_ptr()
+    p = _softmax_in_place(x)
+    assert p.data_ptr() == ptr
+    torch.testing.assert_close(p, expected, rtol=1e-6, atol=1e-7)

@@ -188,7 +188,16 @@ SOFTMAX = Op(
 def _attn_v_inputs(c: BlockConfig, device: torch.device, gen: torch.Generator) -> Inputs:
     scores = rand((c.batch, c.n_heads, c.q_len, c.kv_len), c, device, gen)
     v = rand((c.batch, c.n_kv_heads, c.kv_len, c.head_dim), c, device, gen)
-    return {"p": torch.softmax(scores, dim=-1), "v": v}
+    return {"p": _softmax_in_place(scores), "v": v}
+
+
+def _softmax_in_place(x: torch.Tensor) -> torch.Tensor:
+    """Row softmax of x, written over x: the N×N probabilities are made without a second N×N tensor (at seq 8192
+    on a CPU, 8.6 GB held once instead of twice, and seconds of first-touch page faults saved)."""
+    if not x.is_floating_point() or x.element_size() < 2:  # fp8: no in-place arithmetic
+        return torch.softmax(x, dim=-1)
+    x.sub_(x.amax(dim=-1, keepdim=True)).exp_()
+    return x.div_(x.sum(dim=-1, keepdim=True))
 
 
 ATTN_V = Op(
