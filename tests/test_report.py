@@ -385,7 +385,7 @@ def test_figures_drawn_at_once_are_the_figures_drawn_one_by_one(monkeypatch: pyt
                      "b": plot.figure_files(_small_figure("here"), ("svg",))}
 
 
-def test_a_figure_whose_child_fails_or_hangs_is_drawn_here(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_figure_whose_child_fails_hangs_or_dies_is_drawn_here(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
     import time
 
@@ -401,8 +401,13 @@ def test_a_figure_whose_child_fails_or_hangs_is_drawn_here(monkeypatch: pytest.M
             time.sleep(60)
         return _small_figure("y")
 
+    def dies_in_a_child():  # type: ignore[no-untyped-def]
+        if os.getpid() != here:
+            os._exit(9)
+        return _small_figure("w")
+
     monkeypatch.setattr(plot, "CHILD_TIMEOUT_S", 1.0)
     monkeypatch.setattr(plot.os, "cpu_count", lambda: 4)
-    files = plot.render_figures({"x": fails_in_a_child, "y": hangs_in_a_child, "z": lambda: _small_figure("z")},
-                                ("svg",))
-    assert files == {name: plot.figure_files(_small_figure(name), ("svg",)) for name in "xyz"}
+    files = plot.render_figures({"x": fails_in_a_child, "y": hangs_in_a_child, "w": dies_in_a_child,
+                                 "z": lambda: _small_figure("z")}, ("svg",))
+    assert files == {name: plot.figure_files(_small_figure(name), ("svg",)) for name in "xywz"}

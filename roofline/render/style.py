@@ -114,7 +114,10 @@ def render_figures(builders: dict[str, Callable[[], Figure]], formats: tuple[str
     children = {name: _fork_figure(builders[name], formats) for name in forked}
     out = {name: figure_files(builders[name](), formats) for name in names if name not in forked}
     for name, (process, conn) in children.items():
-        files = conn.recv() if conn.poll(CHILD_TIMEOUT_S) else None
+        try:
+            files = conn.recv() if conn.poll(CHILD_TIMEOUT_S) else None
+        except (EOFError, OSError):  # the child died without a word (killed, out of memory)
+            files = None
         process.join(timeout=1)
         if process.is_alive():
             process.kill()
