@@ -195,7 +195,7 @@ def test_pipeline_record_of_each_run(runs: dict[str, Results]) -> None:
         assert p.schedule == ("1F1B" if c.mode == "train" else "forward")
         assert len(p.forward_s) == len(p.busy_s) == len(p.p2p_s) == 2 and min(p.forward_s + p.busy_s) > 0
         assert len(p.backward_s) == (2 if c.mode == "train" else 0)
-        assert p.step_s and p.step_s >= max(p.busy_s) and len(p.step_samples_s) >= 3
+        assert p.step_s and p.step_s >= max(p.busy_s) and len(p.step_samples_s) >= 2  # 2: a step past its budget
         assert p.transfer_s and p.transfer_s > 0 and par.links["pp"]["collectives"]["p2p"]["busbw"] > 0
         p2p = [r for r in res.rows if r.op == "p2p_activation"]
         assert [r.rank for r in p2p] == [None, *range(par.ranks)]

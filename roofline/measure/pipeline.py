@@ -260,7 +260,7 @@ def time_step(stage: Stage, info: DeviceInfo, settings: Settings) -> tuple[list[
     _, first = timer.first_call(step)
     timer.warm_up(step, first)
     tallies.clear()
-    stats = timer.time(step, settings.budget_s, settings.min_samples)
+    stats = timer.time(step, settings.budget_s, settings.min_samples, first_s=first)
     timer.sync()
     return (stats.samples_s, statistics.median(t.seconds("compute") for t in tallies),
             statistics.median(t.seconds("p2p") for t in tallies))

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from roofline.errors import CannotRun
-from roofline.measure.timer import Timer, TimingStats, sample_until_stable
+from roofline.measure.timer import LONG_CALL_BUDGETS, Timer, TimingStats, sample_until_stable
 from roofline.results import DeviceInfo
 
 T = TypeVar("T")
@@ -168,7 +168,12 @@ class CollectiveTimer(Timer):
 
     def time(self, fn: Callable[[], object], budget_s: float, min_samples: int,
              setup: Callable[[], object] = lambda: None, first_s: float | None = None) -> TimingStats:
-        """Agreed samples only: a first call (first_s) happened on each rank at its own time, it is not one."""
+        """Agreed samples only: a first call (first_s) happened on each rank at its own time, it is not one. But as in
+        Timer.time, a CPU call that outlasts its budget on the group's slowest rank takes two samples (a CPU
+        pipeline step of 1.6 s took three)."""
+        long_s = LONG_CALL_BUDGETS * budget_s  # first_s is given on every rank of the group or on none: all agree
+        if first_s is not None and not self.is_cuda and agreed_max([first_s], self.device, self.group)[0] > long_s:
+            min_samples = min(min_samples, 2)
         return sample_until_stable(lambda k: self.run_batch(fn, k, setup=setup), budget_s, min_samples,
                                    clock=lambda: agreed_max([time.perf_counter()], self.device, self.group)[0])
 
