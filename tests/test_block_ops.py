@@ -203,3 +203,15 @@ def test_attn_v_probabilities_are_made_in_place() -> None:
     p = _softmax_in_place(x)
     assert p.data_ptr() == ptr
     torch.testing.assert_close(p, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk_bytes", [8 * 16, 8 * 16 * 5, 1 << 20])  # 1 row, 5 rows (a ragged last slice), all
+def test_times_weight_t_is_the_float64_product(chunk_bytes: int) -> None:
+    from roofline.ops.base import times_weight_t
+
+    gen = torch.Generator().manual_seed(1)
+    x, w = torch.randn(7, 16, dtype=torch.float64, generator=gen), torch.randn(23, 16, generator=gen)
+    torch.testing.assert_close(times_weight_t(x, w, chunk_bytes), x @ w.double().T, rtol=1e-12, atol=1e-12)
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()  # a train row's check differentiates it
+    times_weight_t(xg, wg, chunk_bytes).sum().backward()
+    torch.testing.assert_close(wg.grad, x.sum(0).float().expand_as(w).clone(), rtol=1e-6, atol=1e-6)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from roofline.config import BlockConfig
-from roofline.ops.base import NEEDS_GPU, TORCH_DTYPES, Formula, Inputs, Op, Variant, rand, take_rows
+from roofline.ops.base import NEEDS_GPU, TORCH_DTYPES, Formula, Inputs, Op, Variant, rand, take_rows, times_weight_t
 
 FP8_OUT_DTYPE = torch.bfloat16
 
@@ -66,7 +66,7 @@ def linear_op(name: str, group: str, in_dim: Callable[[BlockConfig], int],
 
     def reference(c: BlockConfig, i: Inputs, rows: torch.Tensor) -> torch.Tensor:
         scale = float(i["weight_scale"] * i["x_scale"]) if c.dtype == "fp8" else 1.0
-        return take_rows(i["x"], rows) @ i["weight"].double().T * scale
+        return times_weight_t(take_rows(i["x"], rows), i["weight"]) * scale
 
     def build(c: BlockConfig, i: Inputs):
         x, w = i["x"], i["weight"]
