@@ -9,8 +9,10 @@ template, not an example.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+REPORTS = REPO / "reports"
 CPU_COMMANDS = ("report", "compare", "tp-scaling", "ops", "devices")
 TEMPLATE = re.compile(r"[<>$…]|BASE\.json|NEW\.json|RESULTS|path/to")
 
@@ -58,9 +61,13 @@ def test_the_readme_has_examples_of_every_command() -> None:
 def test_a_readme_example_runs_as_written_and_changes_no_tracked_file(line: str) -> None:
     if not (REPO / ".git").exists():
         pytest.skip("needs the git checkout to tell tracked files")
-    before = tracked_changes()
-    out = subprocess.run([sys.executable, "-m", "roofline", *shlex.split(line)[1:]], cwd=REPO, capture_output=True,
-                         text=True, timeout=600, env={**__import__("os").environ, "COLUMNS": "200"})
+    before, folders = tracked_changes(), set(REPORTS.iterdir())
+    try:
+        out = subprocess.run([sys.executable, "-m", "roofline", *shlex.split(line)[1:]], cwd=REPO, capture_output=True,
+                             text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    finally:  # the fresh folders an example writes (reports/cpu-gpt2-s64-tp2, -2, …) are the test's debris
+        for folder in set(REPORTS.iterdir()) - folders:
+            shutil.rmtree(folder, ignore_errors=True)
     assert out.returncode == 0, f"{line}\n{out.stderr[-2000:]}"
     assert tracked_changes() == before, f"{line} changed tracked files"
 
