@@ -39,10 +39,10 @@ def prefer_installed_kernels() -> None:
     """Import the installed PyPI package `kernels` (transformers imports it when it is installed) before a checkout's
     kernels/ folder (our Triton kernels, installed as roofline.kernels) can stand in for it: wherever the checkout is
     on sys.path (`python -m pytest`, a script run from the checkout), `from kernels import …` would find ours."""
-    checkout = Path(__file__).resolve().parents[2]
     spec = None if "kernels" in sys.modules else importlib.util.find_spec("kernels")
-    if spec is None or not spec.origin or Path(spec.origin).resolve() != checkout / "kernels" / "__init__.py":
-        return
+    if spec is None or not spec.origin or not (Path(spec.origin).parent / "fused_add_dropout_norm.py").is_file():
+        return  # none, already imported, or the installed one: nothing stands in for it
+    checkout = Path(spec.origin).resolve().parent.parent
     saved = list(sys.path)
     sys.path[:] = [p for p in saved if Path(os.path.abspath(p or ".")).resolve() != checkout]
     try:
