@@ -15,17 +15,9 @@ export PYTHONUNBUFFERED=1 NO_COLOR=1 NCCL_NVLS_ENABLE=0
 GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}; MODEL=${MODEL:-gpt-7b}; SEQ=${SEQ:-2048}; LAYERS=${LAYERS:-4}
 MODES=${MODES:-train prefill}; BUDGET=${BUDGET:-0.3}; STEP_TIMEOUT=${STEP_TIMEOUT:-300}
 VARIANTS=${VARIANTS-torch,naive,sdpa_flash,eager}
-R=${OUT:-/tmp/out}/pp
-mkdir -p "$R"
-export ROOFLINE_CACHE_DIR="$R/cache"  # step 1's roofs are read by the runs, and packed
-python3 -m pip install -q --no-deps --no-build-isolation -e . >"$R/pip.log" 2>&1 || { echo "pip install -e failed"; tail -5 "$R/pip.log"; }
-step() {  # step NAME COMMAND...: run with a time limit, keep stdout/stderr, print the tail and the wall time
-  local name=$1; shift; echo "=== $name: $* ($(date +%T))"; local t0; t0=$(date +%s)
-  timeout "$STEP_TIMEOUT" "$@" >"$R/$name.stdout" 2>"$R/$name.stderr"; local rc=$?
-  echo "$name: exit $rc, wall $(( $(date +%s) - t0 )) s" | tee -a "$R/walltimes.txt"
-  tail -n 30 "$R/$name.stdout"; grep -v "━" "$R/$name.stderr" | tail -n 12
-}
-nvidia-smi topo -m >"$R/topo.txt" 2>&1; nvidia-smi >"$R/nvidia-smi.txt" 2>&1; head -n 14 "$R/nvidia-smi.txt"
+# shellcheck source=scripts/gpu_steps.sh
+source "$(dirname "$0")/gpu_steps.sh"
+gpu_setup "${OUT:-/tmp/out}/pp"
 ranks=2; [ "$GPUS" -ge 4 ] && ranks="2, 4"
 step interconnect python3 -c "
 from roofline.measure import device, interconnect

@@ -11,17 +11,10 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1 NO_COLOR=1 NCCL_NVLS_ENABLE=0
 SEQ=${SEQ:-8192}; MODEL=${MODEL:-gpt-7b}; BUDGET=${BUDGET:-0.3}; STEP_TIMEOUT=${STEP_TIMEOUT:-170}
 VARIANTS=${VARIANTS-torch,naive,sdpa_flash,sdpa_efficient,sdpa_cudnn,triton,eager,loop,grouped,padded_bmm}
-R=${OUT:-/tmp/out}/tp
-mkdir -p "$R"
-export ROOFLINE_CACHE_DIR="$R/cache"  # the interconnect roofs measured in step 1 are read by step 2, and packed
-python3 -m pip install -q --no-deps --no-build-isolation -e . >"$R/pip.log" 2>&1 || { echo "pip install -e failed"; tail -5 "$R/pip.log"; }
-step() {  # step NAME COMMAND...: run with a time limit, keep stdout/stderr, print the tail and the wall time
-  local name=$1; shift; echo "=== $name: $* ($(date +%T))"; local t0; t0=$(date +%s)
-  timeout "$STEP_TIMEOUT" "$@" >"$R/$name.stdout" 2>"$R/$name.stderr"; local rc=$?
-  echo "$name: exit $rc, wall $(( $(date +%s) - t0 )) s" | tee -a "$R/walltimes.txt"
-  tail -n 40 "$R/$name.stdout"; grep -v "━" "$R/$name.stderr" | tail -n 12
-}
-nvidia-smi topo -m >"$R/topo.txt" 2>&1; nvidia-smi >"$R/nvidia-smi.txt" 2>&1; head -n 14 "$R/nvidia-smi.txt"
+# shellcheck source=scripts/gpu_steps.sh
+source "$(dirname "$0")/gpu_steps.sh"
+STEP_TAIL=40
+gpu_setup "${OUT:-/tmp/out}/tp"
 step interconnect python3 -c "
 from roofline.measure import device, interconnect
 interconnect.calibrate_interconnect(device.detect('cuda'), ranks=(2, 4), force=True, say=print)"
