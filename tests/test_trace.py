@@ -310,6 +310,19 @@ def test_bytes_count_what_a_view_addresses() -> None:
     assert addressed_bytes(k[:, :2]) == 2 * 2 * 8 * 4
 
 
+def test_a_reused_address_does_not_hand_its_id_to_the_next_new_tensor() -> None:
+    """The allocator gives a freed address to the next tensor of its size; the tensor after that, at a new address,
+    must still get an id of its own (it once got the reused tensor's id: two live tensors, one id, so a train
+    trace counted 9 tensors leaving the step instead of 10, depending on where the allocator put them)."""
+    from roofline.measure.op_recorder import ModuleStack, OpRecorder
+
+    recorder = OpRecorder(ModuleStack())
+    for address in (1000, 2000, 1000, 3000):  # 1000 freed and handed out again, then a new address
+        recorder.allocated(address)
+    assert len(set(recorder.ids.values())) == 3  # three live tensors, three ids
+    assert recorder.tensor_id(torch.randn(4)) == "5"  # a tensor first seen later: the next id, never an old one
+
+
 class Event:
     """A torch.profiler FunctionEvent as _kernel_times reads it: name, device, kernels, children, parent."""
 

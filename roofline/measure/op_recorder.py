@@ -121,7 +121,8 @@ class OpRecorder(TorchDispatchMode):
         self.modules = modules
         self.calls: list[OpCall] = []
         self.repeat, self.index, self.record = 0, 0, False
-        self.ids: dict[int, int] = {}
+        self.ids: dict[int, int] = {}  # storage address -> id of the tensor allocated there last
+        self.issued = 0
 
     @contextmanager
     def step(self, repeat: int, record: bool) -> Iterator[None]:
@@ -137,8 +138,14 @@ class OpRecorder(TorchDispatchMode):
         if not ptr:
             return ""
         if ptr not in self.ids:
-            self.ids[ptr] = len(self.ids) + 1
+            self.allocated(ptr)
         return str(self.ids[ptr])
+
+    def allocated(self, ptr: int) -> None:
+        """A new tensor lives at ptr: a new id, never one issued before (an address comes back after a free, so
+        counting addresses would hand the next new address the id of the tensor that reused an old one)."""
+        self.issued += 1
+        self.ids[ptr] = self.issued
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -178,7 +185,7 @@ class OpRecorder(TorchDispatchMode):
         for t in (v for v in tree_leaves(out) if isinstance(v, torch.Tensor)):
             ptr = _ptr(t)
             if ptr and ptr not in input_ptrs:  # a new allocation (an address may come back after a free)
-                self.ids[ptr] = len(self.ids) + 1
+                self.allocated(ptr)
                 _add(writes, self.tensor_id(t), t)
                 fresh = True
         flops, torch_count, rule, note = aten_flops.count(func, args, kwargs, out)
