@@ -34,10 +34,13 @@ LLAMA_OPS = {"rmsnorm", "qkv_proj", "rope", "repeat_kv", "qk_t", "mask", "softma
 
 
 @pytest.fixture(autouse=True)
-def quick(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fixed roofs (no calibration), one CPU thread (tiny ops on a busy 2-core machine), the repo as the working
-    folder (for --module tests.trace_factories:…), wide tables."""
-    monkeypatch.setattr(session, "load_roofs", lambda info, calibrate=False, listener=None, config=None: (ROOFS, None))
+def quick(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Fixed roofs (no calibration; a GPU test keeps the GPU's real roofs, which its placements are checked against),
+    one CPU thread (tiny ops on a busy 2-core machine), the repo as the working folder (for
+    --module tests.trace_factories:…), wide tables."""
+    if request.node.get_closest_marker("gpu") is None:
+        monkeypatch.setattr(session, "load_roofs",
+                            lambda info, calibrate=False, listener=None, config=None: (ROOFS, None))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     monkeypatch.chdir(REPO)
@@ -411,6 +414,34 @@ def test_a_chain_must_move_only_what_enters_and_leaves_it() -> None:
     assert handed.bytes_min == 3000
 
 
+def test_a_call_above_its_dram_roof_is_explained_by_what_the_cache_held() -> None:
+    """A residual add reads the out_proj output written just before it: in a traced step part of that comes from
+    L2, so the add may beat the DRAM roof (109 % on the H100) and is explained, not suspect. Not when other traffic
+    pushed the output out of the cache in between, nor when it beats the roof even with those bytes served."""
+    from roofline.analysis.placement import place_row
+    from roofline.analysis.trace import explain_cache_hits
+
+    mb = 1e6
+
+    def step(pct: float, between: float = 0.0) -> Row:
+        rows = [row(0, "aten::mm", "o_proj", "tensor", writes={"1": 40 * mb})]
+        if between:
+            rows.append(row(1, "aten::mul", "x", reads={"5": between / 2}, writes={"6": between / 2}))
+        add = row(2, "aten::add", "layers.0", reads={"1": 40 * mb, "2": 40 * mb}, writes={"3": 40 * mb},
+                  time_s=120 * mb / (pct / 100 * ROOFS.measured_bandwidth))
+        place_row(add, ROOFS)
+        assert add.suspect and round(add.pct_of_roof) == pct
+        explain_cache_hits([*rows, add], int(50 * mb), ROOFS.error)
+        return add
+
+    explained = step(110)
+    assert not explained.suspect
+    assert "110 % of its DRAM roof: up to 40 MB of its reads were touched just before" in explained.note
+    assert "DRAM moved at least 80 MB, at 73 % of the roof" in explained.note
+    assert step(110, between=60 * mb).suspect  # 60 MB of other traffic in between: out of a 50 MB cache
+    assert step(170).suspect  # 80 MB from DRAM would still be 113 % of the roof
+
+
 def test_checks_explain_the_flop_counter_gap() -> None:
     rows = [row(0, "aten::_scaled_dot_product_flash_attention", "attn", "tensor"), row(1, "aten::add", "m")]
     rows[0].flops, rows[0].trace.torch_flops, rows[0].trace.flop_rule = 60.0, 100.0, "attention"
@@ -444,8 +475,12 @@ def test_kernels_are_tied_to_their_calls_on_a_gpu(capsys, tmp_path: Path, attn: 
     t = res.run.trace
     assert all(r.trace.kernels for r in res.rows) and t.kernel_launches >= len(res.rows)
     assert t.outside_launches <= 2
-    assert 0.5 < t.kernel_time_s / t.step_time_s <= 1.05  # the profiler's kernels are the step's
+    # the profiler's kernels are the step's; this small layer (4 MB activations) is host-bound on an H100
+    # (measured: kernels 0.30 of a 2.13 ms sdpa step, 2.88 of a 7.53 ms eager train step), and the run says so
+    assert 0 < t.kernel_time_s <= 1.05 * t.step_time_s
+    assert t.kernel_time_s > 0.95 * t.step_time_s or "the GPU waited for the host" in capsys.readouterr().out
     assert t.peak_mem_bytes and t.peak_mem_bytes > 0
     assert {"qkv_proj", "rope", "rmsnorm", "ffn_up", "swiglu", "ffn_down"} <= {r.op for r in res.rows}
     assert ("attention" if attn == "sdpa" else "softmax") in {r.op for r in res.rows}
-    assert all(r.pct_of_roof is not None and r.pct_of_roof < 150 for r in res.rows if r.min_bytes > 0)
+    assert all(r.pct_of_roof is not None for r in res.rows if r.min_bytes > 0)
+    assert not [r for r in res.rows if r.suspect]  # under its roof, or above it by what the L2 held

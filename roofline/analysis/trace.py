@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from roofline import fmt
 from roofline.analysis.placement import place
 from roofline.config import BlockConfig
 from roofline.results import Results, Row, Textbook
@@ -282,6 +283,50 @@ def _place(g: TraceGroup, like: Row) -> None:
     point = place(g.flops, g.min_bytes, g.time_s, like.peak_flops_per_s, like.peak_bytes_per_s)
     g.intensity, g.flops_per_s, g.bytes_per_s = point.intensity, point.achieved_flops, point.achieved_bytes
     g.bound, g.pct_of_roof = point.bound, point.pct_of_roof
+
+
+# --- the cache: a traced step runs its calls back to back ----------------------------------------------------------
+
+def cached_bytes(row: Row, before: list[Row], cache_bytes: int) -> float:
+    """Bytes of row's reads that the calls just before it touched within the last `cache_bytes` of their traffic
+    (least recently used goes first): in a step that runs its calls back to back, those come from the cache."""
+    assert row.trace is not None
+    room, seen, hit = float(cache_bytes), set(), 0.0
+    for prev in reversed(before):
+        assert prev.trace is not None
+        for tensor, nbytes in (*prev.trace.writes.items(), *prev.trace.reads.items()):
+            if room <= 0:
+                return hit
+            if tensor in seen:
+                continue
+            seen.add(tensor)
+            if tensor in row.trace.reads:
+                hit += min(row.trace.reads[tensor], nbytes, room)
+            room -= nbytes
+    return hit
+
+
+def explain_cache_hits(rows: list[Row], cache_bytes: int, error: float) -> None:
+    """A memory-bound call above its DRAM roof whose excess the cache accounts for is explained, not suspect.
+
+    `profile` flushes the cache before each sample; a trace times the calls as the step runs them, so a call reads
+    what the call before it just wrote from L2 (a residual add over an out_proj's output: 109 % of the H100's DRAM
+    roof). The note says how many bytes the cache can have served and what is left for DRAM; a call that beats
+    its roof even with every one of those bytes served from the cache stays suspect.
+    """
+    ordered = sorted((r for r in rows if r.trace is not None), key=lambda r: r.trace.index)  # type: ignore[union-attr]
+    for i, row in enumerate(ordered):
+        if not row.suspect or row.bound != "memory" or not row.time_median_s or not row.peak_bytes_per_s:
+            continue
+        hit = cached_bytes(row, ordered[:i], cache_bytes)
+        dram_pct = 100 * (row.min_bytes - hit) / row.time_median_s / row.peak_bytes_per_s
+        if hit <= 0 or dram_pct > 100 * (1 + error):
+            continue
+        row.suspect = ""
+        why = (f"{row.pct_of_roof:.0f} % of its DRAM roof: up to {fmt.nbytes(hit)} of its reads were touched just "
+               f"before (within the {fmt.nbytes(cache_bytes)} cache), so DRAM moved at least "
+               f"{fmt.nbytes(row.min_bytes - hit)}, at {dram_pct:.0f} % of the roof or more")
+        row.note = f"{row.note}; {why}" if row.note else why
 
 
 # --- checks -------------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from roofline.analysis.placement import Roofs, intensity, place_row
-from roofline.analysis.trace import attribute, base_name, unit_of
+from roofline.analysis.trace import attribute, base_name, explain_cache_hits, unit_of
 from roofline.errors import CannotRun, RooflineError
 from roofline.measure import session
 from roofline.measure.op_recorder import RANGE, ModuleStack, OpCall, OpRecorder
@@ -112,6 +112,7 @@ def _measure(results: Results, step: Callable[[], object], target: Target, info:
     for row in results.rows:
         if row.time_median_s and row.min_bytes > 0:
             place_row(row, roofs)
+    explain_cache_hits(results.rows, info.cache_bytes, roofs.error)
     keep()
     with _guard("counting FLOPs with FlopCounterMode", out_dir):
         run.trace.flop_counter_flops, run.trace.flop_counter_error = _flop_counter(step)
