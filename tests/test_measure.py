@@ -244,8 +244,9 @@ def test_a_suspect_row_is_flagged_in_the_table_the_report_and_the_json(tmp_path)
 
 
 def test_no_committed_reference_row_is_suspect() -> None:
-    """Every row of every committed GPU result sits under its roof (within the roof's 5 % error), but for the
-    files listed here, measured before the alarm existed and kept as the evidence the README cites."""
+    """Every row of every committed GPU result sits under its roof (within the roof's 5 % error) or, in a trace, above
+    it by no more than what the L2 held; but for the files listed here, measured before the alarm existed and kept
+    as the evidence the README cites."""
     from roofline.results import load
 
     measured_before_the_alarm = {
@@ -259,9 +260,16 @@ def test_no_committed_reference_row_is_suspect() -> None:
         "h200/gpt-7b-s2048": {"qkv_proj·torch", "ffn_up·torch", "ffn_down·torch"},
         "h200/gpt-7b-s8192": {"qkv_proj·torch"},
     }
+    from roofline.analysis.trace import explain_cache_hits
+
     found = {}
     for path in sorted(REFERENCE.rglob("results.json")):
-        suspect = {f"{r.op}·{r.variant}" for r in load(path).rows if model.suspect_cause(r)[0]}
+        res = load(path)
+        for r in res.rows:
+            r.suspect = model.suspect_cause(r)[1]
+        if res.run.trace is not None:  # a traced call may beat the DRAM roof by what L2 held: judged as `trace` does
+            explain_cache_hits(res.rows, res.run.device.cache_bytes, model.ROOF_ERROR)
+        suspect = {f"{r.op}·{r.variant}" for r in res.rows if r.suspect}
         if suspect:
             found[path.parent.relative_to(REFERENCE).as_posix()] = suspect
     assert found == measured_before_the_alarm, "rows above their roof changed: regenerate, or update this list"
