@@ -442,6 +442,23 @@ def test_a_call_above_its_dram_roof_is_explained_by_what_the_cache_held() -> Non
     assert step(170).suspect  # 80 MB from DRAM would still be 113 % of the roof
 
 
+def test_a_group_of_calls_on_two_units_is_placed_by_their_own_floors() -> None:
+    """Eager Q·Kᵀ on the H100: a bf16 bmm (tensor cores) and a longer scaling mul (vector units, memory-bound).
+    Their sums under the mul's vector roof read 233 %; by each call's own floor the group is under its roof."""
+    from roofline.analysis.placement import place_row
+
+    bmm = row(0, "aten::bmm", "attn", "tensor", reads={"1": 4e6}, writes={"2": 8e6}, time_s=1e-3)
+    mul = row(1, "aten::mul", "attn", reads={"2": 8e6}, writes={"3": 8e6}, time_s=1.5e-3)
+    bmm.flops, bmm.dtype, mul.flops = 3e8, "bf16", 4e6  # the sums under the vector roof: 120 %
+    for r in (bmm, mul):
+        r.op = "qk_t"
+        place_row(r, ROOFS)
+    assert bmm.pct_of_roof <= 100 and mul.pct_of_roof <= 100
+    (g,) = groups(run_of([bmm, mul], []))
+    assert g.pct_of_roof == pytest.approx(100 * (bmm.floor_s + mul.floor_s) / 2.5e-3)
+    assert g.pct_of_roof <= 100 and g.bound == "memory"  # the mul's floor is the larger
+
+
 def test_checks_explain_the_flop_counter_gap() -> None:
     rows = [row(0, "aten::_scaled_dot_product_flash_attention", "attn", "tensor"), row(1, "aten::add", "m")]
     rows[0].flops, rows[0].trace.torch_flops, rows[0].trace.flop_rule = 60.0, 100.0, "attention"
