@@ -115,6 +115,7 @@ class Ceilings:
     torch: str = ""
     version: int = CEILINGS_VERSION
     quick: bool = False
+    raised: list[str] = field(default_factory=list)  # roofs a run beat within their error, raised to its rate
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

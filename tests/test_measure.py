@@ -226,6 +226,62 @@ def test_a_formula_that_counts_too_many_bytes_is_suspect(run, small_config) -> N
     assert "counts more bytes than the op does" in planted.suspect
 
 
+def test_a_roof_beaten_within_its_error_is_raised_to_the_rate_reached(run, small_config) -> None:
+    """A CPU roof is known to 25 %: a row 10 % above it is the better measurement of the ceiling (one 1024 run on
+    the 2-core VM: an op at 107 % of a roof calibrated in a slow moment), so the roof is raised to the best such
+    rate and the rows placed again sit at or under 100 %. A row 40 % above stays suspect and raises nothing."""
+    op = get_op("residual_add")
+    row = run(op, op.variant("torch"), small_config())
+    roofs = Roofs(datasheet_flops={}, datasheet_bandwidth=0.0, measured_flops={"vector.fp32": 1e15},
+                  measured_bandwidth=row.bytes_per_s / 1.10, error=model.CPU_ROOF_ERROR)
+    faster = dataclasses.replace(row, time_median_s=row.time_median_s / 1.05)  # 115.5 %: the best of the two
+    for r in (row, faster):
+        model.place_row(r, roofs)
+    said = model.raise_to_reached([row, faster], roofs)
+    assert roofs.measured_bandwidth == pytest.approx(faster.bytes_per_s)
+    assert len(said) == 1 and said[0].startswith("memory ")
+    assert "(residual_add · torch, 116 % of the calibrated" in said[0]
+    for r in (row, faster):
+        model.place_row(r, roofs, r.ceiling)
+    assert faster.pct_of_roof == pytest.approx(100) and row.pct_of_roof < 100 and not row.suspect
+    beyond = Roofs(datasheet_flops={}, datasheet_bandwidth=0.0, measured_flops={}, measured_bandwidth=row.bytes_per_s
+                   / 1.4, error=model.CPU_ROOF_ERROR)
+    model.place_row(row, beyond)
+    assert row.suspect and model.raise_to_reached([row], beyond) == [] and beyond.measured_bandwidth < row.bytes_per_s
+
+
+def test_a_run_raises_the_cached_roof_it_beat_and_drops_one_it_beat_by_too_much(cpu_info, run, small_config,
+                                                                                tmp_path, monkeypatch) -> None:
+    """Session.finish: within the error the cached roof is raised (and the run's rows placed again, said once);
+    beyond it the cache is dropped (the next run calibrates again)."""
+    from roofline.measure import ceilings, session
+    from roofline.render.report_context import raised_roofs
+    from roofline.results import Ceilings, Results
+
+    monkeypatch.setenv("ROOFLINE_CACHE_DIR", str(tmp_path / "cache"))
+    op = get_op("residual_add")
+    row = run(op, op.variant("torch"), small_config())
+    for factor, raised in ((1.1, True), (1.4, False)):  # 140 %: the roof is blamed (150 % and up: the formula)
+        measured = Ceilings(device=cpu_info.name, key=ceilings.cache_key(cpu_info), peak_flops={"vector.fp32": 1e15},
+                            memory_bandwidth=row.bytes_per_s / factor)
+        ceilings.save(measured, ceilings.cache_path(cpu_info))
+        roofs = Roofs({}, 0.0, dict(measured.peak_flops), measured.memory_bandwidth, error=model.CPU_ROOF_ERROR)
+        mine = dataclasses.replace(row)
+        model.place_row(mine, roofs)
+        said: list[str] = []
+        run_ = session.run_record(small_config(), cpu_info, roofs, SETTINGS, ["profile"], measured)
+        s = session.Session(cpu_info, roofs, Results(run=run_, rows=[mine]), tmp_path / "out",
+                            session.Listener(info=said.append, warn=said.append))
+        s.finish()
+        cached = ceilings.load_cached(cpu_info)
+        if raised:
+            assert cached is not None and cached.memory_bandwidth == pytest.approx(row.bytes_per_s)
+            assert cached.raised and mine.pct_of_roof == pytest.approx(100) and "raised to what it reached" in said[0]
+            assert raised_roofs(s.results) == cached.raised  # the report's roofs section says so
+        else:
+            assert cached is None and mine.suspect and "cache of this device's roofs is dropped" in said[0]
+
+
 def test_a_suspect_row_is_flagged_in_the_table_the_report_and_the_json(tmp_path) -> None:
     from roofline import fmt
     from roofline.render.report_context import warnings

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from roofline.analysis.placement import CPU_ROOF_ERROR, ROOF_ERROR, Roofs, suspect_cause
+from roofline.analysis.placement import CPU_ROOF_ERROR, ROOF_ERROR, Roofs, place_row, raise_to_reached, suspect_cause
 from roofline.config import BlockConfig
 from roofline.errors import RooflineError
 from roofline.measure import ceilings
@@ -166,16 +166,29 @@ class Session:
 
     def finish(self) -> Results:
         """Record the wall time and save for the last time. A measured roof that a row of this run beat is not a
-        ceiling: it is dropped from the cache (the next run measures it again), and the run says so."""
+        ceiling: beyond the roof's error it is dropped from the cache (the next run measures it again); within it,
+        it is raised to the rate the row reached, here and in the cache (`raise_to_reached`). The run says which."""
         self.results.run.wall_s = time.perf_counter() - self.started
         save(self.results, self.out_dir)
+        measured = self.results.run.peaks.measured
         beaten = [r for r in self.results.ok_rows() if suspect_cause(r, self.roofs.error)[0] == "roof"
                   and "measured" in r.ceiling_source]
-        if beaten and self.results.run.peaks.measured is not None:
+        if beaten and measured is not None:
             ceilings.forget(self.info)
             self.listener.warn(f"{', '.join(f'{r.op} · {r.variant}' for r in beaten)} beat the measured roof they were "
                                "placed against: it is no ceiling, so the cache of this device's roofs is dropped "
                                "(`roofline calibrate` measures them again)")
+        elif measured is not None and (raised := raise_to_reached(self.results.ok_rows(), self.roofs)):
+            for row in self.results.ok_rows():
+                if row.ceiling and row.time_median_s and row.pct_of_roof is not None:
+                    place_row(row, self.roofs, row.ceiling)
+            measured.peak_flops = dict(self.roofs.measured_flops)
+            measured.memory_bandwidth = self.roofs.measured_bandwidth
+            measured.raised = [*measured.raised, *raised]
+            ceilings.save(measured, ceilings.cache_path(self.info))
+            self.listener.info(f"This run beat measured roofs within their {100 * self.roofs.error:.0f} % error; "
+                               f"raised to what it reached, here and in the cache: {'; '.join(raised)}")
+            save(self.results, self.out_dir)
         return self.results
 
 

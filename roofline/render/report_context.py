@@ -29,7 +29,8 @@ def run_context(res: Results, label: str, scaled: bool = False) -> dict[str, Any
     return {"label": label, "train": train, "columns": op_columns(train), "title": describe_run(res),
             "summary": summary(res), "facts": facts(res.run),
             "split": block_split(res) if has_comm or scaled else [],
-            "ceilings": ceilings(res), "rows": [op_row(r, train, res.run.device.max_sm_clock_mhz) for r in res.rows],
+            "ceilings": ceilings(res), "raised": raised_roofs(res),
+            "rows": [op_row(r, train, res.run.device.max_sm_clock_mhz) for r in res.rows],
             "fusions": fusions(res),
             "warnings": warnings(res), "command": res.run.command, "started_at": res.run.started_at,
             "groups": {r.group: group_color(r.group) for r in res.rows}, "counters": counter_rows(res), "trace": None}
@@ -42,8 +43,8 @@ def trace_run_context(res: Results, label: str) -> dict[str, Any]:
     rows = [r for r in res.rows if r.trace is not None]
     return {"label": label, "train": False, "columns": trace.KERNEL_REPORT_COLUMNS, "title": describe_run(res),
             "summary": trace.summary(res), "facts": facts(res.run), "split": [], "ceilings": ceilings(res),
-            "rows": [trace.kernel_row(r) for r in rows], "fusions": [], "warnings": warnings(res),
-            "command": res.run.command, "started_at": res.run.started_at,
+            "raised": raised_roofs(res), "rows": [trace.kernel_row(r) for r in rows], "fusions": [],
+            "warnings": warnings(res), "command": res.run.command, "started_at": res.run.started_at,
             "groups": {r.group: group_color(r.group) for r in rows}, "counters": [], "trace": trace.context(res)}
 
 
@@ -174,6 +175,12 @@ def ceilings(res: Results) -> list[dict[str, Any]]:
                         "ratio": fmt.pct(100 * me / ds) if ds and me else "–",
                         "used": len(used) if key == "memory_bandwidth" else ""})
     return out
+
+
+def raised_roofs(res: Results) -> list[str]:
+    """The measured roofs a run beat within their error and raised to the rate it reached (`raise_to_reached`)."""
+    measured = res.run.peaks.measured
+    return list(measured.raised) if measured else []
 
 
 def _cell(text: str, sort: object = None, cls: str = "") -> dict[str, Any]:
